@@ -1,0 +1,285 @@
+// Package event is whalewatch's wire contract: the one JSON document that every
+// service publishes and consumes on NATS, and that the indexer writes to
+// Elasticsearch unchanged.
+//
+// Field names follow the Elastic Common Schema (ECS 8.x) so that Kibana's ECS-aware
+// views work on them as they are. Everything that ECS has no field for lives under
+// "whalewatch.*". Every document carries whalewatch.schema_version; a consumer
+// rejects (dead-letters) a document whose major version it does not know.
+//
+// Two kinds of document travel:
+//
+//   - telemetry (event.kind "event"): what the collector saw on a Docker host,
+//     one telemetry kind per subject (see package subject);
+//   - threats (event.kind "alert"): what the detector concluded, carrying rule.*,
+//     threat.* (MITRE ATT&CK), event.severity and whalewatch.severity.
+//
+// Response requests and their results are documents too (event.kind "event",
+// event.category "process", whalewatch.response set).
+//
+// event.id is unique and stable: a publisher that retries publishes the same id,
+// and JetStream's duplicate window (Nats-Msg-Id = event.id) stores it once. IDs of
+// documents derived from other documents (a threat from the telemetry that
+// triggered it) are derived deterministically with DeriveID, so a redelivered
+// input yields the same output id.
+package event
+
+import (
+	"time"
+)
+
+// SchemaVersion is written to whalewatch.schema_version. Bump the minor version
+// for additive changes, the major version for anything a consumer could misread.
+const SchemaVersion = "1.0"
+
+// SchemaMajor is the major part of SchemaVersion; consumers accept any minor.
+const SchemaMajor = "1"
+
+// Kind is ECS event.kind.
+type Kind string
+
+const (
+	KindEvent Kind = "event" // telemetry, response requests and results
+	KindAlert Kind = "alert" // threats
+)
+
+// Telemetry names a kind of telemetry. It is the last token of a telemetry
+// subject and the suffix of event.dataset ("whalewatch.<telemetry>").
+type Telemetry string
+
+const (
+	TelemetryLifecycle Telemetry = "lifecycle" // Docker events: create, start, die, exec_start, ...
+	TelemetryConfig    Telemetry = "config"    // container configuration snapshot (inspect)
+	TelemetryProcess   Telemetry = "process"   // a process seen in a container
+	TelemetryResource  Telemetry = "resource"  // CPU, memory, network, block I/O
+	TelemetryLog       Telemetry = "log"       // a batch of stdout/stderr lines
+	TelemetryFile      Telemetry = "file"      // filesystem changes since the last look
+	TelemetryNetwork   Telemetry = "network"   // socket changes (listen, connect)
+)
+
+// Telemetries lists every telemetry kind, in a stable order.
+var Telemetries = []Telemetry{
+	TelemetryLifecycle, TelemetryConfig, TelemetryProcess, TelemetryResource,
+	TelemetryLog, TelemetryFile, TelemetryNetwork,
+}
+
+// Valid reports whether t is a known telemetry kind.
+func (t Telemetry) Valid() bool {
+	for _, k := range Telemetries {
+		if k == t {
+			return true
+		}
+	}
+	return false
+}
+
+// Dataset is the ECS event.dataset value for this telemetry kind.
+func (t Telemetry) Dataset() string { return Module + "." + string(t) }
+
+// Module is ECS event.module for every whalewatch document.
+const Module = "whalewatch"
+
+// DatasetThreat is event.dataset of threats.
+const DatasetThreat = Module + ".threat"
+
+// DatasetResponse is event.dataset of response requests and results.
+const DatasetResponse = Module + ".response"
+
+// Event is one whalewatch document. Pointer fields are omitted when nil, so a
+// process event carries no empty file.* object.
+type Event struct {
+	Timestamp   time.Time  `json:"@timestamp"`
+	Message     string     `json:"message,omitempty"`
+	Tags        []string   `json:"tags,omitempty"`
+	Event       Meta       `json:"event"`
+	Host        Host       `json:"host"`
+	Container   *Container `json:"container,omitempty"`
+	Process     *Process   `json:"process,omitempty"`
+	Source      *Endpoint  `json:"source,omitempty"`
+	Destination *Endpoint  `json:"destination,omitempty"`
+	File        *File      `json:"file,omitempty"`
+	Rule        *Rule      `json:"rule,omitempty"`
+	Threat      *Threat    `json:"threat,omitempty"`
+	Whalewatch  Whalewatch `json:"whalewatch"`
+}
+
+// Meta is ECS event.*.
+type Meta struct {
+	ID       string    `json:"id"`
+	Kind     Kind      `json:"kind"`
+	Category []string  `json:"category,omitempty"` // ECS allowed values: process, network, file, configuration, host, intrusion_detection, ...
+	Type     []string  `json:"type,omitempty"`     // ECS allowed values: start, end, change, creation, deletion, info, connection, ...
+	Action   string    `json:"action,omitempty"`   // free text, e.g. "exec_start", "process-seen", "nc-listener"
+	Dataset  string    `json:"dataset,omitempty"`
+	Module   string    `json:"module,omitempty"`
+	Severity int       `json:"severity,omitempty"` // threats only: Severity.Score()
+	Outcome  string    `json:"outcome,omitempty"`  // success, failure, unknown (response results)
+	Reason   string    `json:"reason,omitempty"`
+	Created  time.Time `json:"created,omitzero"` // when the collector read it; @timestamp is when it happened
+}
+
+// Host is ECS host.*: the Docker host the collector runs on.
+type Host struct {
+	Name string `json:"name"`
+}
+
+// Container is ECS container.*.
+type Container struct {
+	ID      string            `json:"id"`
+	Name    string            `json:"name,omitempty"`
+	Image   Image             `json:"image,omitzero"`
+	Labels  map[string]string `json:"labels,omitempty"`
+	Runtime string            `json:"runtime,omitempty"`
+}
+
+// Image is ECS container.image.*. ECS makes tag and hash.all arrays.
+type Image struct {
+	Name string     `json:"name,omitempty"`
+	Tag  []string   `json:"tag,omitempty"`
+	Hash *ImageHash `json:"hash,omitempty"`
+}
+
+// ImageHash is ECS container.image.hash.
+type ImageHash struct {
+	All []string `json:"all,omitempty"` // repo digests, "sha256:..."
+}
+
+// Process is ECS process.*. PIDs are as seen from the host's PID namespace
+// when the collector reads /proc, and from the container's when it polls top.
+type Process struct {
+	PID              int       `json:"pid,omitempty"`
+	Name             string    `json:"name,omitempty"`
+	Executable       string    `json:"executable,omitempty"`
+	CommandLine      string    `json:"command_line,omitempty"`
+	Args             []string  `json:"args,omitempty"`
+	ArgsCount        int       `json:"args_count,omitempty"`
+	WorkingDirectory string    `json:"working_directory,omitempty"`
+	Start            time.Time `json:"start,omitzero"`
+	Parent           *Parent   `json:"parent,omitempty"`
+	User             *User     `json:"user,omitempty"`
+}
+
+// Parent is ECS process.parent.*.
+type Parent struct {
+	PID        int    `json:"pid,omitempty"`
+	Name       string `json:"name,omitempty"`
+	Executable string `json:"executable,omitempty"`
+}
+
+// User is ECS process.user.*. ECS keeps the id as a string.
+type User struct {
+	ID   string `json:"id,omitempty"`
+	Name string `json:"name,omitempty"`
+}
+
+// Endpoint is ECS source.* / destination.*.
+type Endpoint struct {
+	IP      string `json:"ip,omitempty"`
+	Port    int    `json:"port,omitempty"`
+	Address string `json:"address,omitempty"`
+}
+
+// File is ECS file.*.
+type File struct {
+	Path string `json:"path"`
+	Type string `json:"type,omitempty"` // file, dir, symlink
+	Size int64  `json:"size,omitempty"`
+	Mode string `json:"mode,omitempty"` // octal, e.g. "0755"
+}
+
+// Rule is ECS rule.*: the detection rule behind a threat.
+type Rule struct {
+	ID          string `json:"id"`
+	Name        string `json:"name"`
+	Description string `json:"description,omitempty"`
+	Ruleset     string `json:"ruleset,omitempty"`
+}
+
+// Threat is ECS threat.*. ECS makes technique and tactic fields arrays.
+type Threat struct {
+	Framework string    `json:"framework"` // always FrameworkMITRE
+	Technique Technique `json:"technique"`
+	Tactic    Tactic    `json:"tactic"`
+}
+
+// FrameworkMITRE is the only threat.framework whalewatch writes.
+const FrameworkMITRE = "MITRE ATT&CK"
+
+// Technique is ECS threat.technique.*.
+type Technique struct {
+	ID   []string `json:"id"`
+	Name []string `json:"name"`
+}
+
+// Tactic is ECS threat.tactic.*.
+type Tactic struct {
+	ID   []string `json:"id,omitempty"`
+	Name []string `json:"name"`
+}
+
+// Whalewatch holds the fields ECS has no place for.
+type Whalewatch struct {
+	SchemaVersion string `json:"schema_version"`
+	// Telemetry is the telemetry kind of a telemetry document; empty otherwise.
+	Telemetry Telemetry `json:"telemetry,omitempty"`
+	// Severity is the threat's severity label; event.severity holds its score.
+	Severity Severity `json:"severity,omitempty"`
+	// Source says how the collector saw a process: "docker-top", "docker-exec",
+	// "proc-connector".
+	Source string `json:"source,omitempty"`
+	// Trigger is the event.id of the telemetry that raised a threat.
+	Trigger string `json:"trigger,omitempty"`
+	// Config is the container configuration snapshot of config telemetry.
+	Config *ContainerConfig `json:"config,omitempty"`
+	// Response is set on response requests and results.
+	Response *Response `json:"response,omitempty"`
+}
+
+// ContainerConfig is what inspect tells about a container's attack surface.
+// The collector fills what the Docker API reports; the detector's configuration
+// rules read it.
+type ContainerConfig struct {
+	User            string   `json:"user,omitempty"`
+	Privileged      bool     `json:"privileged"`
+	CapAdd          []string `json:"cap_add,omitempty"`
+	PIDMode         string   `json:"pid_mode,omitempty"`
+	NetworkMode     string   `json:"network_mode,omitempty"`
+	IPCMode         string   `json:"ipc_mode,omitempty"`
+	ReadonlyRootfs  bool     `json:"readonly_rootfs"`
+	SecurityOpt     []string `json:"security_opt,omitempty"`
+	Mounts          []Mount  `json:"mounts,omitempty"`
+	Entrypoint      []string `json:"entrypoint,omitempty"`
+	Cmd             []string `json:"cmd,omitempty"`
+	MemoryLimit     int64    `json:"memory_limit,omitempty"`
+	NanoCPUs        int64    `json:"nano_cpus,omitempty"`
+	PidsLimit       int64    `json:"pids_limit,omitempty"`
+	RestartPolicy   string   `json:"restart_policy,omitempty"`
+	PublishedPorts  []Port   `json:"published_ports,omitempty"`
+	ImageID         string   `json:"image_id,omitempty"`
+	NoNewPrivileges bool     `json:"no_new_privileges"`
+}
+
+// Mount is one bind or volume mount.
+type Mount struct {
+	Type        string `json:"type,omitempty"`
+	Source      string `json:"source,omitempty"`
+	Destination string `json:"destination"`
+	ReadOnly    bool   `json:"read_only"`
+}
+
+// Port is one published port.
+type Port struct {
+	HostIP        string `json:"host_ip,omitempty"`
+	HostPort      string `json:"host_port,omitempty"`
+	ContainerPort string `json:"container_port"`
+	Protocol      string `json:"protocol,omitempty"`
+}
+
+// Response is a response request or result.
+type Response struct {
+	Action string `json:"action"`            // pause, unpause, stop, kill, disconnect, limit_cpu
+	Status string `json:"status,omitempty"`  // results: done, refused, failed, dry_run
+	DryRun bool   `json:"dry_run"`           // requests: only report what would be done
+	Reason string `json:"reason,omitempty"`  // why it was requested, refused or failed
+	Target string `json:"request,omitempty"` // results: event.id of the request
+}

@@ -1,0 +1,212 @@
+// Package detector turns telemetry into threats.
+package detector
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/whalewatch/whalewatch/pkg/admin"
+	"github.com/whalewatch/whalewatch/pkg/bus"
+	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/subject"
+	"github.com/whalewatch/whalewatch/services/detector/internal/rules"
+)
+
+// Run connects to NATS and runs the detector until ctx ends.
+func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) error {
+	nc, err := bus.Connect(cfg.NATS, "whalewatch-detector", log)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	srv := admin.New(cfg.Admin, reg, log)
+	srv.AddCheck("nats", bus.Ready(nc))
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return srv.Run(gctx) })
+	g.Go(func() error {
+		if err := bus.EnsureStreamsRetry(gctx, js, cfg.NATS.Streams, func(err error) {
+			log.Warn("ensuring streams, will retry", "err", err)
+		}); err != nil {
+			return nil // shutting down
+		}
+		d := New(js, cfg, log, reg)
+		return d.Run(gctx)
+	})
+	err = g.Wait()
+	srv.SetStopping()
+	return err
+}
+
+// Detector consumes telemetry, evaluates rules and publishes threats.
+type Detector struct {
+	cfg      Config
+	js       bus.JetStream
+	pub      *bus.EventPublisher
+	metrics  *bus.ConsumerMetrics
+	engine   rules.Engine
+	log      *slog.Logger
+	threats  *prometheus.CounterVec
+	now      func() time.Time
+	dedupMu  sync.Mutex
+	dedup    map[string]time.Time
+	lastSwep time.Time
+}
+
+// New returns a detector that publishes on js.
+func New(js bus.JetStream, cfg Config, log *slog.Logger, reg prometheus.Registerer) *Detector {
+	d := &Detector{
+		cfg:     cfg,
+		js:      js,
+		pub:     bus.NewEventPublisher(js, reg),
+		metrics: bus.NewConsumerMetrics(reg),
+		log:     log,
+		threats: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "whalewatch_detector_threats_total",
+			Help: "Threats published, by rule and severity.",
+		}, []string{"rule", "severity"}),
+		now:   time.Now,
+		dedup: map[string]time.Time{},
+	}
+	reg.MustRegister(d.threats)
+	return d
+}
+
+// Run consumes telemetry until ctx ends.
+func (d *Detector) Run(ctx context.Context) error {
+	c := bus.NewConsumer(d.js, bus.ConsumerConfig{
+		Stream:         bus.StreamTelemetry,
+		Durable:        d.cfg.Durable,
+		FilterSubjects: []string{subject.AllTelemetry},
+		BatchSize:      1,
+		MaxDeliver:     10,
+	}, bus.Each(d.Handle), d.metrics, d.log)
+	return c.Run(ctx)
+}
+
+// Handle evaluates one telemetry event and publishes the threats it raises.
+// An error means the threats may not all be published; the event is retried,
+// and the threats' derived ids keep a retry from storing them twice.
+func (d *Detector) Handle(ctx context.Context, e *event.Event) error {
+	if e.Event.Kind != event.KindEvent {
+		return nil
+	}
+	for _, m := range d.engine.Evaluate(e) {
+		t := Threat(e, m, d.now())
+		if d.duplicate(t) {
+			continue
+		}
+		if err := d.pub.Publish(ctx, subject.ForThreat(t), t); err != nil {
+			d.forget(t)
+			return err
+		}
+		d.threats.WithLabelValues(m.Rule.ID, string(m.Rule.Severity)).Inc()
+		d.log.Info("threat", "rule", m.Rule.ID, "severity", m.Rule.Severity,
+			"host", t.Host.Name, "container", t.Container.Name, "command_line", t.Process.CommandLine)
+	}
+	return nil
+}
+
+func dedupKey(t *event.Event) string {
+	return t.Rule.ID + "\x00" + t.Container.ID + "\x00" + t.Process.CommandLine
+}
+
+// duplicate reports whether the same threat was raised within the dedup
+// window, and records it otherwise. Expired keys are swept at most once a
+// window, so memory is bounded by the threats of one window.
+func (d *Detector) duplicate(t *event.Event) bool {
+	if d.cfg.DedupWindow == 0 || t.Container == nil || t.Process == nil {
+		return false
+	}
+	now := d.now()
+	d.dedupMu.Lock()
+	defer d.dedupMu.Unlock()
+	if now.Sub(d.lastSwep) > d.cfg.DedupWindow {
+		for k, at := range d.dedup {
+			if now.Sub(at) > d.cfg.DedupWindow {
+				delete(d.dedup, k)
+			}
+		}
+		d.lastSwep = now
+	}
+	k := dedupKey(t)
+	if at, ok := d.dedup[k]; ok && now.Sub(at) <= d.cfg.DedupWindow {
+		return true
+	}
+	d.dedup[k] = now
+	return false
+}
+
+func (d *Detector) forget(t *event.Event) {
+	if t.Container == nil || t.Process == nil {
+		return
+	}
+	d.dedupMu.Lock()
+	delete(d.dedup, dedupKey(t))
+	d.dedupMu.Unlock()
+}
+
+// Threat builds the threat document for a rule match on telemetry e. Its id
+// derives from the rule and e's id, so a redelivered e yields the same threat.
+func Threat(e *event.Event, m rules.Match, now time.Time) *event.Event {
+	r := m.Rule
+	t := &event.Event{
+		Timestamp: e.Timestamp,
+		Event: event.Meta{
+			ID:       event.DeriveID("threat", r.ID, e.Event.ID),
+			Kind:     event.KindAlert,
+			Category: []string{"intrusion_detection"},
+			Type:     []string{"info"},
+			Action:   r.ID,
+			Dataset:  event.DatasetThreat,
+			Module:   event.Module,
+			Severity: r.Severity.Score(),
+			Created:  now.UTC(),
+		},
+		Host:      e.Host,
+		Container: e.Container,
+		Process:   e.Process,
+		Rule:      &event.Rule{ID: r.ID, Name: r.Name, Description: r.Description, Ruleset: "whalewatch-default"},
+		Threat: &event.Threat{
+			Framework: event.FrameworkMITRE,
+			Technique: event.Technique{ID: []string{r.TechniqueID}, Name: []string{r.Technique}},
+			Tactic:    event.Tactic{ID: []string{r.TacticID}, Name: []string{r.Tactic}},
+		},
+		Whalewatch: event.Whalewatch{
+			SchemaVersion: event.SchemaVersion,
+			Severity:      r.Severity,
+			Trigger:       e.Event.ID,
+		},
+	}
+	t.Message = threatMessage(t, m)
+	t.Bound()
+	return t
+}
+
+func threatMessage(t *event.Event, m rules.Match) string {
+	var b strings.Builder
+	b.WriteString(m.Message)
+	if c := t.Container; c != nil {
+		fmt.Fprintf(&b, " in container %s", c.Name)
+		if c.Image.Name != "" {
+			fmt.Fprintf(&b, " (image %s)", c.Image.Name)
+		}
+	}
+	fmt.Fprintf(&b, " on host %s", t.Host.Name)
+	if p := t.Process; p != nil && p.CommandLine != "" {
+		fmt.Fprintf(&b, ": %s", p.CommandLine)
+	}
+	return b.String()
+}

@@ -1,0 +1,12 @@
+package bustest
+
+import (
+	"flag"
+	"io"
+)
+
+func flagSet() *flag.FlagSet {
+	fs := flag.NewFlagSet("test", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}

@@ -145,7 +145,7 @@ type ImageHash struct {
 }
 
 // Process is ECS process.*. PIDs are as seen from the host's PID namespace
-// when the collector reads /proc, and from the container's when it polls top.
+// (docker top and /proc on the host both report host PIDs).
 type Process struct {
 	PID              int       `json:"pid,omitempty"`
 	Name             string    `json:"name,omitempty"`

@@ -1,0 +1,65 @@
+package collector
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/whalewatch/whalewatch/pkg/admin"
+	"github.com/whalewatch/whalewatch/pkg/bus"
+)
+
+// Config is the collector's configuration.
+type Config struct {
+	NATS  bus.Config
+	Admin admin.Config
+	Log   admin.LogConfig
+	// DockerHost is the Docker engine's address; empty keeps the Docker
+	// client's own defaults (DOCKER_HOST, DOCKER_CERT_PATH, the local socket).
+	DockerHost string
+	// HostName is host.name of every event and the host token of every
+	// subject; empty means os.Hostname().
+	HostName string
+	// ProcessPollInterval is how often docker top is polled per container.
+	ProcessPollInterval time.Duration
+	// QueueSize bounds the events waiting to be published; beyond it events
+	// are dropped and counted rather than blocking the Docker watchers.
+	QueueSize int
+}
+
+// RegisterFlags registers the collector's flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	c.NATS.RegisterFlags(fs)
+	c.Admin.RegisterFlags(fs, "127.0.0.1:9101")
+	c.Log.RegisterFlags(fs)
+	fs.StringVar(&c.DockerHost, "docker-host", "", "Docker engine address, e.g. unix:///var/run/docker.sock (empty: the Docker client's default)")
+	fs.StringVar(&c.HostName, "host-name", "", "host.name of every event and host token of its subject (empty: the machine's hostname; set it when the collector runs in a container)")
+	fs.DurationVar(&c.ProcessPollInterval, "process-poll-interval", 500*time.Millisecond, "how often docker top is polled per running container")
+	fs.IntVar(&c.QueueSize, "queue-size", 10000, "events buffered for publishing; when full, new events are dropped and counted")
+}
+
+// Validate checks c.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.ProcessPollInterval < 10*time.Millisecond {
+		errs = append(errs, errors.New("process-poll-interval must be at least 10ms"))
+	}
+	if c.QueueSize < 1 {
+		errs = append(errs, errors.New("queue-size must be positive"))
+	}
+	return errors.Join(append(errs, c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate())...)
+}
+
+// hostName resolves HostName's default.
+func (c *Config) hostName() (string, error) {
+	if c.HostName != "" {
+		return c.HostName, nil
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("host-name not set and os.Hostname failed: %w", err)
+	}
+	return h, nil
+}

@@ -1,0 +1,203 @@
+package collector
+
+import (
+	"encoding/json"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/docker/go-connections/nat"
+
+	"github.com/whalewatch/whalewatch/pkg/event"
+)
+
+// containerInfo is what the collector keeps about a container, from inspect.
+// It is never modified once built: a rename or update replaces it.
+type containerInfo struct {
+	ID        string
+	Name      string
+	Image     event.Image
+	Labels    map[string]string
+	Runtime   string
+	User      string // Config.User: the image's USER unless run with -u
+	Running   bool
+	StartedAt time.Time
+	Config    event.ContainerConfig
+}
+
+// ecs returns container.* for one event. Slices and maps are copied: Bound
+// shortens them in place, and events are bounded on several goroutines.
+func (ci *containerInfo) ecs() *event.Container {
+	img := ci.Image
+	img.Tag = slices.Clone(img.Tag)
+	if img.Hash != nil {
+		img.Hash = &event.ImageHash{All: slices.Clone(img.Hash.All)}
+	}
+	return &event.Container{
+		ID:      ci.ID,
+		Name:    ci.Name,
+		Image:   img,
+		Labels:  maps.Clone(ci.Labels),
+		Runtime: ci.Runtime,
+	}
+}
+
+// config returns a copy of the configuration snapshot for one event.
+func (ci *containerInfo) config() *event.ContainerConfig {
+	c := ci.Config
+	c.CapAdd = slices.Clone(c.CapAdd)
+	c.SecurityOpt = slices.Clone(c.SecurityOpt)
+	c.Entrypoint = slices.Clone(c.Entrypoint)
+	c.Cmd = slices.Clone(c.Cmd)
+	c.Mounts = slices.Clone(c.Mounts)
+	c.PublishedPorts = slices.Clone(c.PublishedPorts)
+	return &c
+}
+
+// infoFromInspect maps an inspect answer. Every pointer in it may be nil: the
+// engine omits what it does not know.
+func infoFromInspect(in container.InspectResponse) *containerInfo {
+	ci := &containerInfo{}
+	if b := in.ContainerJSONBase; b != nil {
+		ci.ID = b.ID
+		ci.Name = strings.TrimPrefix(b.Name, "/")
+		ci.Config.ImageID = b.Image
+		if b.State != nil {
+			ci.Running = b.State.Running
+			ci.StartedAt, _ = time.Parse(time.RFC3339Nano, b.State.StartedAt)
+		}
+		if h := b.HostConfig; h != nil {
+			ci.Runtime = h.Runtime
+			mapHostConfig(&ci.Config, h)
+		}
+	}
+	if c := in.Config; c != nil {
+		ci.Image = parseImageRef(c.Image)
+		ci.Labels = c.Labels
+		ci.User = c.User
+		ci.Config.User = c.User
+		ci.Config.Entrypoint = c.Entrypoint
+		ci.Config.Cmd = c.Cmd
+	}
+	for _, m := range in.Mounts {
+		ci.Config.Mounts = append(ci.Config.Mounts, event.Mount{
+			Type:        string(m.Type),
+			Source:      m.Source,
+			Destination: m.Destination,
+			ReadOnly:    !m.RW,
+		})
+	}
+	if b := in.ContainerJSONBase; b != nil && b.HostConfig != nil {
+		for _, dest := range slices.Sorted(maps.Keys(b.HostConfig.Tmpfs)) {
+			ro := slices.Contains(strings.Split(b.HostConfig.Tmpfs[dest], ","), "ro")
+			ci.Config.Mounts = append(ci.Config.Mounts, event.Mount{Type: "tmpfs", Destination: dest, ReadOnly: ro})
+		}
+	}
+	// Ports actually bound (with -P's chosen host ports) when running; the
+	// requested bindings otherwise.
+	var ports nat.PortMap
+	if ns := in.NetworkSettings; ns != nil {
+		ports = ns.Ports
+	}
+	if len(ports) == 0 && in.ContainerJSONBase != nil && in.HostConfig != nil {
+		ports = in.HostConfig.PortBindings
+	}
+	ci.Config.PublishedPorts = publishedPorts(ports)
+	return ci
+}
+
+func mapHostConfig(c *event.ContainerConfig, h *container.HostConfig) {
+	c.Privileged = h.Privileged
+	c.CapAdd = h.CapAdd
+	c.PIDMode = string(h.PidMode)
+	c.NetworkMode = string(h.NetworkMode)
+	c.IPCMode = string(h.IpcMode)
+	c.ReadonlyRootfs = h.ReadonlyRootfs
+	c.SecurityOpt = h.SecurityOpt
+	c.NoNewPrivileges = noNewPrivileges(h.SecurityOpt)
+	c.MemoryLimit = h.Memory
+	c.NanoCPUs = h.NanoCPUs
+	if h.PidsLimit != nil && *h.PidsLimit > 0 {
+		c.PidsLimit = *h.PidsLimit
+	}
+	if name := string(h.RestartPolicy.Name); name != "" {
+		c.RestartPolicy = name
+		if h.RestartPolicy.MaximumRetryCount > 0 {
+			c.RestartPolicy += ":" + strconv.Itoa(h.RestartPolicy.MaximumRetryCount)
+		}
+	}
+}
+
+// noNewPrivileges reads the security options the engine accepts for it:
+// "no-new-privileges", "no-new-privileges:true", "no-new-privileges=true".
+// The daemon-wide --no-new-privileges default is not visible in inspect.
+func noNewPrivileges(opts []string) bool {
+	on := false
+	for _, o := range opts {
+		k, v, hasValue := strings.Cut(o, ":")
+		if !hasValue {
+			k, v, hasValue = strings.Cut(o, "=")
+		}
+		if k != "no-new-privileges" {
+			continue
+		}
+		if !hasValue {
+			on = true
+			continue
+		}
+		b, err := strconv.ParseBool(v)
+		on = err == nil && b
+	}
+	return on
+}
+
+// publishedPorts lists bindings sorted by container port, then host address,
+// so that the same configuration always yields the same document (and id).
+func publishedPorts(m nat.PortMap) []event.Port {
+	var out []event.Port
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		port, proto, ok := strings.Cut(string(k), "/")
+		if !ok {
+			proto = "tcp"
+		}
+		for _, b := range m[k] {
+			out = append(out, event.Port{HostIP: b.HostIP, HostPort: b.HostPort, ContainerPort: port, Protocol: proto})
+		}
+	}
+	return out
+}
+
+// parseImageRef splits the image a container was created from, as the user
+// wrote it ("nginx", "nginx:1.27", "registry:5000/team/app:v2",
+// "app@sha256:..."), into ECS container.image.name, .tag and .hash.all. No
+// tag is invented: "nginx" has none, although the engine resolved it as
+// "latest". An image id (sha256:... or a bare hex prefix) becomes the name.
+func parseImageRef(ref string) event.Image {
+	var img event.Image
+	if strings.HasPrefix(ref, "sha256:") {
+		img.Name = ref
+		return img
+	}
+	name := ref
+	if at := strings.LastIndex(name, "@"); at >= 0 {
+		img.Hash = &event.ImageHash{All: []string{name[at+1:]}}
+		name = name[:at]
+	}
+	if colon := strings.LastIndex(name, ":"); colon > strings.LastIndex(name, "/") {
+		if tag := name[colon+1:]; tag != "" {
+			img.Tag = []string{tag}
+		}
+		name = name[:colon]
+	}
+	img.Name = name
+	return img
+}
+
+// configFingerprint identifies a configuration snapshot's content.
+func configFingerprint(c *event.ContainerConfig) string {
+	b, _ := json.Marshal(c) // plain struct of strings, numbers and slices: cannot fail
+	return string(b)
+}

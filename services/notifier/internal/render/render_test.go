@@ -1,0 +1,419 @@
+package render
+
+import (
+	"encoding/json"
+	"flag"
+	"os"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/slack-go/slack"
+	"github.com/stretchr/testify/require"
+
+	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/testkit/slackstub"
+)
+
+// threat is a netcat threat as the detector publishes it.
+func threat() *event.Event {
+	return &event.Event{
+		Timestamp: time.Date(2025, 3, 1, 12, 30, 5, 0, time.UTC),
+		Message:   "netcat ran",
+		Event: event.Meta{
+			ID: "4f1c2a9b7d3e4f5a6b7c8d9e0f1a2b3c", Kind: event.KindAlert,
+			Dataset: event.DatasetThreat, Module: event.Module, Severity: 73,
+		},
+		Host: event.Host{Name: "docker-host-1"},
+		Container: &event.Container{
+			ID:     "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+			Name:   "web",
+			Image:  event.Image{Name: "nginx:1.27"},
+			Labels: map[string]string{"com.docker.compose.project": "shop"},
+		},
+		Process: &event.Process{
+			PID: 4242, Name: "nc", Executable: "/usr/bin/nc",
+			CommandLine: "nc -l -p 4444", Args: []string{"nc", "-l", "-p", "4444"},
+			User: &event.User{ID: "0", Name: "root"},
+		},
+		Rule: &event.Rule{
+			ID: "suspicious-tool-netcat", Name: "Netcat executed in a container",
+			Description: "nc, ncat or netcat ran in a container. Attackers use it for bind and reverse shells.",
+		},
+		Threat: &event.Threat{
+			Framework: event.FrameworkMITRE,
+			Technique: event.Technique{ID: []string{"T1095"}, Name: []string{"Non-Application Layer Protocol"}},
+			Tactic:    event.Tactic{ID: []string{"TA0011"}, Name: []string{"Command and Control"}},
+		},
+		Whalewatch: event.Whalewatch{SchemaVersion: event.SchemaVersion, Severity: event.SeverityHigh},
+	}
+}
+
+// texts returns every text object of m, with the limit Slack puts on it.
+func texts(m Message) (out []struct {
+	where string
+	text  string
+	max   int
+}) {
+	add := func(where, text string, max int) {
+		out = append(out, struct {
+			where string
+			text  string
+			max   int
+		}{where, text, max})
+	}
+	add("fallback", m.Text, MaxText)
+	for _, b := range m.Blocks {
+		switch b := b.(type) {
+		case *slack.HeaderBlock:
+			add("header", b.Text.Text, MaxHeader)
+		case *slack.SectionBlock:
+			if b.Text != nil {
+				add("section", b.Text.Text, MaxSection)
+			}
+			for _, f := range b.Fields {
+				add("field", f.Text, MaxField)
+			}
+		case *slack.ContextBlock:
+			for _, e := range b.ContextElements.Elements {
+				add("context", e.(*slack.TextBlockObject).Text, MaxSection)
+			}
+		}
+	}
+	return out
+}
+
+// checkMessage asserts what must hold for every rendered message.
+func checkMessage(t testing.TB, m Message) {
+	t.Helper()
+	if len(m.Blocks) == 0 || len(m.Blocks) > MaxBlocks {
+		t.Fatalf("%d blocks", len(m.Blocks))
+	}
+	for _, tx := range texts(m) {
+		if tx.text == "" || len(tx.text) > tx.max {
+			t.Fatalf("%s text of %d bytes, limit %d: %q", tx.where, len(tx.text), tx.max, tx.text)
+		}
+		if !utf8.ValidString(tx.text) {
+			t.Fatalf("%s text is not valid UTF-8: %q", tx.where, tx.text)
+		}
+		for i, r := range tx.text {
+			if r < ' ' && r != '\n' || r == 0x7f || r >= 0x80 && r < 0xa0 || r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069 {
+				t.Fatalf("%s text has control character %U at %d: %q", tx.where, r, i, tx.text)
+			}
+		}
+		// The only '<' are the ones render writes itself.
+		for rest := tx.text; ; {
+			i := strings.IndexByte(rest, '<')
+			if i < 0 {
+				break
+			}
+			rest = rest[i:]
+			if !strings.HasPrefix(rest, "<!date^") && !strings.HasPrefix(rest, "<https://attack.mitre.org/techniques/") {
+				t.Fatalf("%s text has a '<' that is not render's own: %q", tx.where, tx.text)
+			}
+			rest = rest[1:]
+		}
+		if tx.where == "section" && strings.HasPrefix(tx.text, "*Command line*") {
+			if n := strings.Count(tx.text, "```"); n != 2 {
+				t.Fatalf("command line block has %d fences: %q", n, tx.text)
+			}
+		}
+	}
+	for _, b := range m.Blocks {
+		if s, ok := b.(*slack.SectionBlock); ok && len(s.Fields) > MaxFields {
+			t.Fatalf("%d fields", len(s.Fields))
+		}
+	}
+	// Slack's own rules, as the stub checks them.
+	raw, err := json.Marshal(m.Blocks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := slackstub.ParseBlocks(raw); err != nil {
+		t.Fatalf("Slack would reject the blocks: %v\n%s", err, raw)
+	}
+}
+
+func TestSlack(t *testing.T) {
+	t.Parallel()
+	m := Slack(threat())
+	checkMessage(t, m)
+	require.Len(t, m.Blocks, 5)
+
+	header := m.Blocks[0].(*slack.HeaderBlock)
+	require.Equal(t, slack.PlainTextType, header.Text.Type)
+	require.Equal(t, ":red_circle: HIGH Netcat executed in a container", header.Text.Text)
+
+	var fields []string
+	for _, f := range m.Blocks[1].(*slack.SectionBlock).Fields {
+		require.Equal(t, slack.MarkdownType, f.Type)
+		require.True(t, f.Verbatim, "verbatim keeps Slack from linking URLs and channels in hostile text")
+		fields = append(fields, f.Text)
+	}
+	require.Equal(t, []string{
+		"*Container*\nweb (0123456789ab)",
+		"*Image*\nnginx:1.27",
+		"*Host*\ndocker-host-1",
+		"*Rule*\nsuspicious-tool-netcat",
+		"*Technique*\n<https://attack.mitre.org/techniques/T1095/|T1095 Non-Application Layer Protocol>",
+		"*Tactic*\nTA0011 Command and Control",
+		"*Process*\nnc (pid 4242, user root)",
+		"*Labels*\ncom.docker.compose.project=shop",
+	}, fields)
+
+	require.Equal(t, "*Command line*\n```nc -l -p 4444```", m.Blocks[2].(*slack.SectionBlock).Text.Text)
+	require.Equal(t, threat().Rule.Description, m.Blocks[3].(*slack.SectionBlock).Text.Text)
+	ctx := m.Blocks[4].(*slack.ContextBlock).ContextElements.Elements
+	require.Equal(t, "<!date^1740832205^{date_short_pretty} {time_secs}|2025-03-01T12:30:05Z>", ctx[0].(*slack.TextBlockObject).Text)
+	require.Equal(t, "event 4f1c2a9b7d3e4f5a6b7c8d9e0f1a2b3c", ctx[1].(*slack.TextBlockObject).Text)
+
+	require.Equal(t, ":red_circle: HIGH Netcat executed in a container in container web (image nginx:1.27) on host docker-host-1: nc -l -p 4444", m.Text)
+}
+
+var update = flag.Bool("update", false, "rewrite the golden files in testdata")
+
+// TestGolden pins the webhook payload of the netcat threat. The file is also
+// a sample to post by hand (see the README):
+//
+//	curl -H 'Content-Type: application/json' --data @testdata/netcat.golden.json "$SLACK_WEBHOOK_URL"
+//
+// Regenerate with go test ./internal/render -run TestGolden -update.
+func TestGolden(t *testing.T) {
+	t.Parallel()
+	m := Slack(threat())
+	got, err := json.MarshalIndent(struct {
+		Text   string        `json:"text"`
+		Blocks []slack.Block `json:"blocks"`
+	}{m.Text, m.Blocks}, "", "  ")
+	require.NoError(t, err)
+	got = append(got, '\n')
+	const path = "testdata/netcat.golden.json"
+	if *update {
+		require.NoError(t, os.MkdirAll("testdata", 0o755))
+		require.NoError(t, os.WriteFile(path, got, 0o644))
+	}
+	want, err := os.ReadFile(path)
+	require.NoError(t, err)
+	require.Equal(t, string(want), string(got), "run go test ./internal/render -run TestGolden -update")
+}
+
+func TestSlackSparseThreat(t *testing.T) {
+	t.Parallel()
+	tests := map[string]func(e *event.Event){
+		"no container": func(e *event.Event) { e.Container = nil },
+		"no process":   func(e *event.Event) { e.Process = nil },
+		"no threat":    func(e *event.Event) { e.Threat = nil },
+		"no rule":      func(e *event.Event) { e.Rule = nil },
+		"empty strings": func(e *event.Event) {
+			e.Container.Name, e.Container.ID, e.Host.Name, e.Rule.Description = "", "", "", ""
+		},
+		"args only":           func(e *event.Event) { e.Process.CommandLine = "" },
+		"control only":        func(e *event.Event) { e.Process.CommandLine = "\x1b\x00\u202e" },
+		"unknown severity":    func(e *event.Event) { e.Whalewatch.Severity = "<!here>" },
+		"bad technique id":    func(e *event.Event) { e.Threat.Technique.ID = []string{"T1095|<https://evil>"} },
+		"sub-technique":       func(e *event.Event) { e.Threat.Technique.ID = []string{"T1059.004"} },
+		"zero time":           func(e *event.Event) { e.Timestamp = time.Time{} },
+		"empty mitre arrays":  func(e *event.Event) { e.Threat.Technique, e.Threat.Tactic = event.Technique{}, event.Tactic{} },
+		"image tag separated": func(e *event.Event) { e.Container.Image = event.Image{Name: "nginx", Tag: []string{"1.27"}} },
+	}
+	for name, mutate := range tests {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := threat()
+			mutate(e)
+			checkMessage(t, Slack(e))
+			line := Line(e)
+			require.NotContains(t, line, "\n")
+			require.True(t, strings.HasPrefix(line, "ALERT "), line)
+		})
+	}
+	t.Run("technique links", func(t *testing.T) {
+		e := threat()
+		e.Threat.Technique.ID = []string{"T1059.004"}
+		require.Contains(t, Slack(e).Blocks[1].(*slack.SectionBlock).Fields[4].Text, "<https://attack.mitre.org/techniques/T1059/004/|T1059.004 ")
+		e.Threat.Technique.ID = []string{"T1095|<https://evil>"}
+		require.Equal(t, "*Technique*\nT1095|&lt;https://evil&gt; Non-Application Layer Protocol", Slack(e).Blocks[1].(*slack.SectionBlock).Fields[4].Text)
+	})
+	t.Run("image tag", func(t *testing.T) {
+		e := threat()
+		e.Container.Image = event.Image{Name: "nginx", Tag: []string{"1.27"}}
+		require.Equal(t, "*Image*\nnginx:1.27", Slack(e).Blocks[1].(*slack.SectionBlock).Fields[1].Text)
+	})
+}
+
+func TestSlackHostile(t *testing.T) {
+	t.Parallel()
+	hostile := "<!channel> ``` $(rm -rf /) <@U123> <https://evil.example|click> &amp; \x1b[31m\u202eevil\n"
+	e := threat()
+	e.Process.CommandLine = hostile + strings.Repeat("A", 10<<10)
+	e.Container.Name = "<!here>"
+	e.Container.Image.Name = "evil/<#C123>"
+	e.Container.Labels = map[string]string{"<!subteam^S1>": strings.Repeat("<", 5000)}
+	e.Host.Name = "h\n<!everyone>"
+	e.Process.Name = "```"
+	e.Rule.Name = strings.Repeat("<!channel>", 40)
+
+	m := Slack(e)
+	checkMessage(t, m)
+	raw, err := json.Marshal(m)
+	require.NoError(t, err)
+	for _, bad := range []string{"<!channel>", "<!here>", "<!everyone>", "<@U123>", "<#C123>", "<!subteam", "<https://evil", "\\u001b", "\\u202e"} {
+		require.NotContains(t, string(raw), bad)
+	}
+	cmd := m.Blocks[2].(*slack.SectionBlock).Text.Text
+	require.True(t, strings.HasPrefix(cmd, "*Command line*\n```&lt;!channel&gt; `\u200b`\u200b` $(rm -rf /) &lt;@U123&gt; &lt;https://evil.example|click&gt; &amp;amp; [31mevil AAA"), cmd)
+	require.True(t, strings.HasSuffix(cmd, "AAA…```"), "a long command line is cut and marked")
+	require.LessOrEqual(t, len(cmd), MaxSection)
+	require.LessOrEqual(t, len(m.Blocks[0].(*slack.HeaderBlock).Text.Text), MaxHeader)
+	require.Contains(t, m.Blocks[1].(*slack.SectionBlock).Fields[0].Text, "&lt;!here&gt;")
+}
+
+func TestEscape(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		in   string
+		max  int
+		code bool
+		want string
+	}{
+		{"nc -l -p 4444", 100, false, "nc -l -p 4444"},
+		{"a & b <c> d", 100, false, "a &amp; b &lt;c&gt; d"},
+		{"<!channel>", 100, false, "&lt;!channel&gt;"},
+		{"<@U123|x>", 100, false, "&lt;@U123|x&gt;"},
+		{"&lt;", 100, false, "&amp;lt;"},
+		{"a\tb\nc\rd", 100, false, "a b c d"},
+		{"\x00\x1b[1m\x7f\u0085x\u202e\u2066", 100, false, "[1mx"},
+		{"bad \xff utf8", 100, false, "bad \uFFFD utf8"},
+		{"é€😀", 100, false, "é€😀"},
+		{"", 100, false, ""},
+		// code: backticks cannot close the block, nor join the fences.
+		{"a ``` b", 100, true, "a `\u200b`\u200b` b"},
+		{"`x`", 100, true, "\u200b`x`\u200b"},
+		{"echo `id`", 100, true, "echo `id`\u200b"},
+		{"<b>", 100, true, "&lt;b&gt;"},
+		// limits: cut on a boundary, never inside an entity, ellipsis within max.
+		{"abcdefghij", 10, false, "abcdefghij"},
+		{"abcdefghijk", 10, false, "abcdefg…"},
+		{"<<<<<<", 12, false, "&lt;&lt;…"},
+		{"ééééé", 9, false, "ééé…"}, {"ééééé", 8, false, "éé…"},
+		{"abc", 2, false, ""},
+		{"``````", 12, true, "\u200b`\u200b`…"},
+	}
+	for _, tt := range tests {
+		got := escape(tt.in, tt.max, tt.code)
+		require.Equal(t, tt.want, got, "escape(%q, %d, %v)", tt.in, tt.max, tt.code)
+		require.LessOrEqual(t, len(got), tt.max)
+	}
+}
+
+func TestLine(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "ALERT high suspicious-tool-netcat host=docker-host-1 container=web image=nginx:1.27: nc -l -p 4444", Line(threat()))
+
+	e := threat()
+	e.Process.CommandLine = "nc -l\n2025 ALERT critical fake host=x\x1b[2J\u202e"
+	e.Container.Name = "web host=forged"
+	e.Host.Name = ""
+	require.Equal(t, `ALERT high suspicious-tool-netcat host="" container="web host=forged" image=nginx:1.27: nc -l\n2025 ALERT critical fake host=x\x1b[2J\u202e`, Line(e))
+
+	e.Process.CommandLine = strings.Repeat("x", 100<<10)
+	require.LessOrEqual(t, len(Line(e)), MaxLine)
+	require.True(t, strings.HasSuffix(Line(e), "x…"))
+}
+
+func FuzzSlack(f *testing.F) {
+	f.Add("web", "nginx:1.27", "host-1", "nc -l -p 4444", "k", "v", "Netcat", "T1095", "high")
+	f.Add("<!here>", "evil/<#C1>", "h\n<!everyone>", "<!channel> ``` $(rm -rf /)", "<@U1>", "<https://x|y>", "```", "T1059.001", "critical")
+	f.Add("\x1b\x00\u202e", "\xff\xfe", "", "`", "", "", "", "T", "<!channel>")
+	f.Fuzz(func(t *testing.T, name, image, host, cmd, lk, lv, rule, tech, sev string) {
+		e := threat()
+		e.Container.Name, e.Container.Image.Name, e.Host.Name = name, image, host
+		e.Container.ID = name + image
+		e.Container.Labels = map[string]string{lk: lv, lv: lk}
+		e.Process.CommandLine, e.Process.Name = cmd, rule
+		e.Rule.Name, e.Rule.ID, e.Rule.Description = rule, tech, cmd+cmd
+		e.Threat.Technique.ID = []string{tech}
+		e.Threat.Tactic.Name = []string{name}
+		e.Whalewatch.Severity = event.Severity(sev)
+		e.Event.ID = host
+		checkMessage(t, Slack(e))
+
+		line := Line(e)
+		if len(line) > MaxLine || !utf8.ValidString(line) {
+			t.Fatalf("line of %d bytes, valid UTF-8 %v", len(line), utf8.ValidString(line))
+		}
+		for _, r := range line {
+			if r < ' ' || r == 0x7f || r >= 0x80 && r < 0xa0 || r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069 {
+				t.Fatalf("line has control character %U: %q", r, line)
+			}
+		}
+	})
+}
+
+func FuzzEscape(f *testing.F) {
+	f.Add("<!channel> ``` &", 20, true)
+	f.Add("ééé<<<", 7, false)
+	f.Fuzz(func(t *testing.T, s string, max int, code bool) {
+		if max < 0 || max > 10000 {
+			return
+		}
+		got := escape(s, max, code)
+		if len(got) > max || !utf8.ValidString(got) || strings.ContainsAny(got, "<>") {
+			t.Fatalf("escape(%q, %d, %v) = %q", s, max, code, got)
+		}
+		// every '&' starts an entity render wrote
+		for i := range len(got) {
+			if got[i] == '&' && !strings.HasPrefix(got[i:], "&amp;") && !strings.HasPrefix(got[i:], "&lt;") && !strings.HasPrefix(got[i:], "&gt;") {
+				t.Fatalf("bare '&' in %q", got)
+			}
+		}
+		if code && (strings.Contains(got, "``") || strings.HasPrefix(got, "`") || strings.HasSuffix(got, "`")) {
+			t.Fatalf("code text can touch a fence: %q", got)
+		}
+	})
+}
+
+// BenchmarkRender measures rendering one alert against json.Marshal of the
+// same event (what every consumer does per event anyway), and the full cost
+// of the Slack payload (render + encode the blocks).
+func BenchmarkRender(b *testing.B) {
+	e := threat()
+	b.Run("baseline=json.Marshal(event)", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := json.Marshal(e); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Slack", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = Slack(e)
+		}
+	})
+	b.Run("Slack+json.Marshal(blocks)", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			m := Slack(e)
+			if _, err := json.Marshal(m.Blocks); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Line", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = Line(e)
+		}
+	})
+	hostile := threat()
+	hostile.Process.CommandLine = strings.Repeat("<!channel> ``` ", event.MaxCommandLine/15)
+	b.Run("Slack/hostile-8KiB-command", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_ = Slack(hostile)
+		}
+	})
+}

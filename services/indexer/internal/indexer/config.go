@@ -1,0 +1,150 @@
+package indexer
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/whalewatch/whalewatch/pkg/admin"
+	"github.com/whalewatch/whalewatch/pkg/bus"
+)
+
+// Config is the indexer's configuration.
+type Config struct {
+	NATS          bus.Config
+	Admin         admin.Config
+	Log           admin.LogConfig
+	Elasticsearch ESConfig
+	// BatchSize is the most events written in one bulk request per consumer.
+	BatchSize int
+	// FlushInterval is how long a batch may wait to fill.
+	FlushInterval time.Duration
+	// IndexTelemetry turns the telemetry consumer on; threats are always indexed.
+	IndexTelemetry bool
+	// RetryMaxBackoff caps the redelivery delay of events Elasticsearch did
+	// not take: after an outage, indexing resumes within this delay.
+	RetryMaxBackoff time.Duration
+}
+
+// ESConfig is how the indexer reaches Elasticsearch.
+type ESConfig struct {
+	URLs      string // comma-separated
+	APIKey    string
+	Username  string
+	Password  string
+	CACert    string // path to a PEM file
+	Namespace string
+	Timeout   time.Duration
+	// MaxBulkBytes splits a batch into several bulk requests above this size.
+	MaxBulkBytes int
+}
+
+// RegisterFlags registers the indexer's flags on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	c.NATS.RegisterFlags(fs)
+	c.Admin.RegisterFlags(fs, "127.0.0.1:9103")
+	c.Log.RegisterFlags(fs)
+	c.Elasticsearch.RegisterFlags(fs)
+	fs.IntVar(&c.BatchSize, "batch-size", 500, "most events per bulk request, per consumer")
+	fs.DurationVar(&c.FlushInterval, "flush-interval", 200*time.Millisecond, "how long a batch may wait to fill before it is written")
+	fs.BoolVar(&c.IndexTelemetry, "index-telemetry", true, "index telemetry as well as threats (threats are always indexed)")
+	fs.DurationVar(&c.RetryMaxBackoff, "retry-max-backoff", 30*time.Second, "cap of the delay before events Elasticsearch did not take are tried again")
+}
+
+// RegisterFlags registers the Elasticsearch flags on fs.
+func (c *ESConfig) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.URLs, "elasticsearch-url", "", "Elasticsearch URL(s), comma-separated, e.g. http://127.0.0.1:9200 (required)")
+	fs.StringVar(&c.APIKey, "elasticsearch-api-key", "", "secret: Elasticsearch API key (the base64 \"encoded\" value); instead of username and password")
+	fs.StringVar(&c.Username, "elasticsearch-username", "", "Elasticsearch user for basic authentication")
+	fs.StringVar(&c.Password, "elasticsearch-password", "", "secret: password of elasticsearch-username")
+	fs.StringVar(&c.CACert, "elasticsearch-ca-cert", "", "path to a PEM file of the CA(s) that signed Elasticsearch's certificate (default: system roots)")
+	fs.StringVar(&c.Namespace, "elasticsearch-namespace", "default", "data stream namespace: documents go to logs-whalewatch.<dataset>-<namespace>")
+	fs.DurationVar(&c.Timeout, "elasticsearch-timeout", 10*time.Second, "timeout of one Elasticsearch request, retries included")
+	fs.IntVar(&c.MaxBulkBytes, "bulk-max-bytes", 10<<20, "a batch is split into bulk requests of at most this many bytes")
+}
+
+// Validate checks c.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.BatchSize < 1 || c.BatchSize > 10000 {
+		errs = append(errs, errors.New("batch-size must be between 1 and 10000"))
+	}
+	if c.FlushInterval < 0 {
+		errs = append(errs, errors.New("flush-interval must not be negative"))
+	}
+	if c.RetryMaxBackoff < time.Second {
+		errs = append(errs, errors.New("retry-max-backoff must be at least 1s"))
+	}
+	return errors.Join(append(errs, c.Elasticsearch.Validate(), c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate())...)
+}
+
+// Validate checks c. Its errors never include a secret.
+func (c *ESConfig) Validate() error {
+	var errs []error
+	urls := c.Addresses()
+	if len(urls) == 0 {
+		errs = append(errs, errors.New("elasticsearch-url (ELASTICSEARCH_URL) is required, e.g. http://127.0.0.1:9200"))
+	}
+	for _, u := range urls {
+		p, err := url.Parse(u)
+		if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+			errs = append(errs, fmt.Errorf("elasticsearch-url %q: want http(s)://host:port", redactURL(u)))
+		}
+	}
+	if c.APIKey != "" && (c.Username != "" || c.Password != "") {
+		errs = append(errs, errors.New("set elasticsearch-api-key or elasticsearch-username/-password, not both"))
+	}
+	if c.Password != "" && c.Username == "" {
+		errs = append(errs, errors.New("elasticsearch-password is set but elasticsearch-username is not"))
+	}
+	if err := validNamespace(c.Namespace); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Timeout <= 0 {
+		errs = append(errs, errors.New("elasticsearch-timeout must be positive"))
+	}
+	if c.MaxBulkBytes < 64<<10 {
+		errs = append(errs, errors.New("bulk-max-bytes must be at least 65536"))
+	}
+	return errors.Join(errs...)
+}
+
+// Addresses splits URLs into its non-empty elements.
+func (c *ESConfig) Addresses() []string {
+	var out []string
+	for _, u := range strings.Split(c.URLs, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// validNamespace applies Elasticsearch's data stream naming rules to the
+// namespace part: lowercase, no '-', none of the characters index names
+// forbid, at most 100 bytes.
+func validNamespace(ns string) error {
+	switch {
+	case ns == "":
+		return errors.New("elasticsearch-namespace is required")
+	case len(ns) > 100:
+		return errors.New("elasticsearch-namespace must be at most 100 bytes")
+	case ns != strings.ToLower(ns):
+		return fmt.Errorf("elasticsearch-namespace %q must be lowercase", ns)
+	case strings.ContainsAny(ns, "-\\/*?\"<>| ,#:"):
+		return fmt.Errorf("elasticsearch-namespace %q must not contain '-' nor any of \\/*?\"<>| ,#:", ns)
+	}
+	return nil
+}
+
+// redactURL hides a password embedded in a URL.
+func redactURL(u string) string {
+	p, err := url.Parse(u)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return p.Redacted()
+}

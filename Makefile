@@ -3,9 +3,11 @@ SHELL := /bin/bash
 SERVICES := collector detector indexer notifier
 BIN := bin
 GO ?= go
+# Every package of every module in go.work (patterns do not cross module roots).
+PACKAGES := ./pkg/... $(foreach s,$(SERVICES),./services/$(s)/...) ./testkit/...
 export CGO_ENABLED := 0
 
-.PHONY: run test build images lint fmt bench compose-check clean
+.PHONY: run test build images lint fmt bench compose-check packages clean
 
 run: build
 	@scripts/run.sh
@@ -26,10 +28,13 @@ images: build
 
 lint:
 	@test -z "$$(gofmt -l pkg services testkit bench 2>/dev/null)" || { gofmt -l pkg services testkit bench; echo "gofmt: files above need formatting"; exit 1; }
-	@$(GO) vet ./pkg/... ./services/... ./testkit/...
+	@$(GO) vet $(PACKAGES)
 
 fmt:
 	@gofmt -w pkg services testkit
+
+packages:
+	@echo $(PACKAGES)
 
 compose-check:
 	@ELASTIC_PASSWORD=check KIBANA_PASSWORD=check docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml is valid"

@@ -15,7 +15,7 @@ out=bench/results/$(date -u +%Y%m%dT%H%M%SZ).txt
 export WHALEWATCH_BIN=$root/bin WHALEWATCH_REQUIRE_DOCKER=1
 {
   echo "# $(date -u) $(uname -m) $(nproc) cores, $(go version)"
-  go test -run '^$' -bench . -benchmem -count "${BENCH_COUNT:-5}" ./pkg/... ./services/...
+  go test -run '^$' -bench . -benchmem -count "${BENCH_COUNT:-5}" $(make --no-print-directory packages | sed 's| ./testkit/...||')
   go test -run '^$' -bench ExecToAlert -benchtime "${E2E_BENCHTIME:-30x}" -count 1 ./testkit/e2e/
 } 2>&1 | tee "$out"
 echo "results: $out"

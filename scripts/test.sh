@@ -40,7 +40,7 @@ echo "== go test"
 export WHALEWATCH_REQUIRE_DOCKER=1
 export WHALEWATCH_BIN=$root/bin
 # One package at a time per core; the end-to-end tests start real containers.
-go test -count=1 -timeout 10m ${GOTESTFLAGS:-} ./pkg/... ./services/... ./testkit/... 2>&1 | tee "$state/go-test.log"
+go test -count=1 -timeout 10m ${GOTESTFLAGS:-} $(make --no-print-directory packages) 2>&1 | tee "$state/go-test.log"
 status=${PIPESTATUS[0]}
 pass=$(grep -c '^ok ' "$state/go-test.log" || true)
 fail=$(grep -c '^FAIL\s' "$state/go-test.log" || true)

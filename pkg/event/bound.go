@@ -20,6 +20,8 @@ const (
 	MaxLabelValue  = 1024     // one label value
 	MaxMessage     = 16 << 10 // message
 	MaxListItems   = 256      // tags, mounts, ports, capabilities, ...
+	MaxLogLine     = 4096     // one log line
+	MaxLogLines    = 256      // lines in one log batch
 )
 
 // Ellipsis marks a value that Bound shortened.
@@ -104,6 +106,9 @@ func (e *Event) bound(dry bool) bool {
 			c.Mounts[i].Destination = b.s(c.Mounts[i].Destination, MaxPath)
 		}
 		c.PublishedPorts = capList(&b, c.PublishedPorts)
+	}
+	if l := e.Whalewatch.Log; l != nil {
+		l.Lines = b.listN(l.Lines, MaxLogLines, MaxLogLine)
 	}
 	if r := e.Whalewatch.Response; r != nil {
 		r.Reason = b.s(r.Reason, MaxMessage)

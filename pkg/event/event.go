@@ -98,6 +98,7 @@ type Event struct {
 	Source      *Endpoint  `json:"source,omitempty"`
 	Destination *Endpoint  `json:"destination,omitempty"`
 	File        *File      `json:"file,omitempty"`
+	Network     *Network   `json:"network,omitempty"`
 	Rule        *Rule      `json:"rule,omitempty"`
 	Threat      *Threat    `json:"threat,omitempty"`
 	Whalewatch  Whalewatch `json:"whalewatch"`
@@ -187,6 +188,13 @@ type File struct {
 	Mode string `json:"mode,omitempty"` // octal, e.g. "0755"
 }
 
+// Network is ECS network.*.
+type Network struct {
+	Transport string `json:"transport,omitempty"` // tcp, udp
+	Type      string `json:"type,omitempty"`      // ipv4, ipv6
+	Direction string `json:"direction,omitempty"` // ingress (listening/accepted), egress (outbound)
+}
+
 // Rule is ECS rule.*: the detection rule behind a threat.
 type Rule struct {
 	ID          string `json:"id"`
@@ -233,6 +241,64 @@ type Whalewatch struct {
 	Config *ContainerConfig `json:"config,omitempty"`
 	// Response is set on response requests and results.
 	Response *Response `json:"response,omitempty"`
+	// Resource is the sample of resource telemetry.
+	Resource *Resource `json:"resource,omitempty"`
+	// Log is the batch of lines of log telemetry.
+	Log *LogBatch `json:"log,omitempty"`
+	// FileChange qualifies file telemetry (file.* holds the path).
+	FileChange *FileChange `json:"file_change,omitempty"`
+	// Socket qualifies network telemetry (source.* is the container's end,
+	// destination.* the remote end).
+	Socket *Socket `json:"socket,omitempty"`
+	// DockerAPI is host-scoped config telemetry about the Engine API exposure.
+	DockerAPI *DockerAPI `json:"docker_api,omitempty"`
+}
+
+// Resource is one resource sample of a container. Counters are cumulative
+// since the container started; rates are over IntervalSeconds.
+type Resource struct {
+	IntervalSeconds  float64 `json:"interval_seconds"`
+	CPUPercent       float64 `json:"cpu_percent"`                 // of one core: 200 = two cores busy
+	CPULimitPercent  float64 `json:"cpu_limit_percent,omitempty"` // of the container's CPU limit; 0 when unlimited
+	MemoryBytes      int64   `json:"memory_bytes"`
+	MemoryLimitBytes int64   `json:"memory_limit_bytes,omitempty"` // 0 when unlimited
+	PIDs             int64   `json:"pids"`
+	NetRxBytes       uint64  `json:"net_rx_bytes"`
+	NetTxBytes       uint64  `json:"net_tx_bytes"`
+	NetRxPackets     uint64  `json:"net_rx_packets"`
+	NetTxPackets     uint64  `json:"net_tx_packets"`
+	BlockReadBytes   uint64  `json:"block_read_bytes"`
+	BlockWriteBytes  uint64  `json:"block_write_bytes"`
+}
+
+// LogBatch is a batch of consecutive log lines of one stream of a container.
+type LogBatch struct {
+	Stream string   `json:"stream"` // stdout, stderr
+	Lines  []string `json:"lines"`  // at most MaxLogLines, each at most MaxLogLine bytes
+	// Dropped counts lines the collector could not publish (back-pressure)
+	// since the previous batch of this container.
+	Dropped int `json:"dropped,omitempty"`
+	// Truncated counts lines of this batch that were cut to MaxLogLine.
+	Truncated int `json:"truncated,omitempty"`
+}
+
+// FileChange is one change `docker diff` reported since the previous look.
+type FileChange struct {
+	Kind       string `json:"kind"`                 // added, changed, deleted
+	Executable bool   `json:"executable,omitempty"` // any execute bit set, where readable
+}
+
+// Socket is one socket state change of a container.
+type Socket struct {
+	State string `json:"state"` // listen, established, syn_sent, closed
+}
+
+// DockerAPI tells whether the Docker Engine API is reachable over TCP.
+type DockerAPI struct {
+	Address   string `json:"address"`           // host:port probed or configured
+	TLS       bool   `json:"tls"`               // the listener requires TLS
+	Reachable bool   `json:"reachable"`         // it answered the Engine API without TLS
+	Version   string `json:"version,omitempty"` // API version it reported
 }
 
 // ContainerConfig is what inspect tells about a container's attack surface.

@@ -348,4 +348,6 @@ type Response struct {
 	DryRun bool   `json:"dry_run"`           // requests: only report what would be done
 	Reason string `json:"reason,omitempty"`  // why it was requested, refused or failed
 	Target string `json:"request,omitempty"` // results: event.id of the request
+	// CPUs is the CPU limit of a limit_cpu request, in cores (0.5: half of one).
+	CPUs float64 `json:"cpus,omitempty"`
 }

@@ -1,0 +1,91 @@
+package bus
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/whalewatch/whalewatch/pkg/event"
+)
+
+func TestBackoff(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		n    uint64
+		want time.Duration
+	}{
+		{0, 500 * time.Millisecond},
+		{1, 500 * time.Millisecond},
+		{2, time.Second},
+		{3, 2 * time.Second},
+		{7, 30 * time.Second},
+		{1000, 30 * time.Second},
+	}
+	for _, tt := range tests {
+		if got := Backoff(tt.n, 30*time.Second); got != tt.want {
+			t.Errorf("Backoff(%d) = %v, want %v", tt.n, got, tt.want)
+		}
+	}
+}
+
+func TestPermanent(t *testing.T) {
+	t.Parallel()
+	if IsPermanent(errors.New("timeout")) {
+		t.Fatal("plain error is permanent")
+	}
+	if !IsPermanent(Permanent(errors.New("400"))) || !IsPermanent(event.ErrInvalid) {
+		t.Fatal("permanent errors not recognised")
+	}
+	if Permanent(nil) != nil {
+		t.Fatal("Permanent(nil) != nil")
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		args    []string
+		wantErr string
+	}{
+		{nil, ""},
+		{[]string{"-nats-url="}, "nats-url is required"},
+		{[]string{"-stream-replicas=0"}, "stream-replicas"},
+		{[]string{"-stream-threats-max-bytes=-2"}, "stream-threats-max-bytes"},
+		{[]string{"-stream-actions-max-age=-1h"}, "stream-actions-max-age"},
+		{[]string{"-stream-duplicates=0s"}, "stream-duplicates"},
+	}
+	for _, tt := range tests {
+		var c Config
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		c.RegisterFlags(fs)
+		if err := fs.Parse(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		err := c.Validate()
+		if (err == nil) != (tt.wantErr == "") || (err != nil && !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("%v: error %v, want %q", tt.args, err, tt.wantErr)
+		}
+	}
+}
+
+func TestSpecsCoverEverySubjectTree(t *testing.T) {
+	t.Parallel()
+	var c Config
+	c.RegisterFlags(flag.NewFlagSet("t", flag.ContinueOnError))
+	seen := map[string]bool{}
+	for _, s := range c.Streams.Specs() {
+		if s.Duplicates != 2*time.Minute || s.Replicas != 1 || len(s.Subjects) != 1 {
+			t.Errorf("stream %s: %+v", s.Name, s)
+		}
+		seen[s.Subjects[0]] = true
+	}
+	for _, want := range []string{"whalewatch.telemetry.>", "whalewatch.threats.>", "whalewatch.actions.>", "whalewatch.deadletter.>"} {
+		if !seen[want] {
+			t.Errorf("no stream for %s", want)
+		}
+	}
+}

@@ -213,6 +213,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		msg, err := iter.Next()
 		if err != nil {
 			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				c.log.Info("consumer drained and stopped")
 				return nil
 			}
 			if ctx.Err() == nil {

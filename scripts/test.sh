@@ -39,8 +39,8 @@ fi
 echo "== go test"
 export WHALEWATCH_REQUIRE_DOCKER=1
 export WHALEWATCH_BIN=$root/bin
-# One package at a time per core; the end-to-end tests start real containers.
-go test -count=1 -timeout 10m ${GOTESTFLAGS:-} $(make --no-print-directory packages) 2>&1 | tee "$state/go-test.log"
+# With the race detector (it needs cgo); the end-to-end test starts real containers.
+CGO_ENABLED=1 go test -race -count=1 -timeout 10m ${GOTESTFLAGS:-} $(make --no-print-directory packages) 2>&1 | tee "$state/go-test.log"
 status=${PIPESTATUS[0]}
 pass=$(grep -c '^ok ' "$state/go-test.log" || true)
 fail=$(grep -c '^FAIL\s' "$state/go-test.log" || true)

@@ -1,0 +1,2 @@
+// Package archtest checks the module boundaries the design depends on.
+package archtest

@@ -12,10 +12,23 @@ import (
 
 	"github.com/whalewatch/whalewatch/pkg/admin"
 	"github.com/whalewatch/whalewatch/pkg/flagenv"
+	"github.com/whalewatch/whalewatch/services/detector/internal/baselinecmd"
 	"github.com/whalewatch/whalewatch/services/detector/internal/detector"
+	"github.com/whalewatch/whalewatch/services/detector/internal/rules"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "baseline" {
+		if err := baselinecmd.Main(context.Background(), os.Args[2:], os.Stdout, os.Stderr); err != nil {
+			fmt.Fprintln(os.Stderr, "detector baseline:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if len(os.Args) > 1 && os.Args[1] == "rules" {
+		// detector rules lint|test ...: check rules offline (see README).
+		os.Exit(rules.Main(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	var cfg detector.Config
 	fs := flag.NewFlagSet("detector", flag.ExitOnError)
 	cfg.RegisterFlags(fs)

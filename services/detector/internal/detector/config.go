@@ -7,6 +7,10 @@ import (
 
 	"github.com/whalewatch/whalewatch/pkg/admin"
 	"github.com/whalewatch/whalewatch/pkg/bus"
+	"github.com/whalewatch/whalewatch/services/detector/internal/partition"
+	"github.com/whalewatch/whalewatch/services/detector/internal/response"
+	"github.com/whalewatch/whalewatch/services/detector/internal/rules"
+	"github.com/whalewatch/whalewatch/services/detector/internal/state"
 )
 
 // Config is the detector's configuration.
@@ -20,6 +24,14 @@ type Config struct {
 	// command line within the window (the same exec seen by docker events and
 	// by process polling).
 	DedupWindow time.Duration
+	// State bounds the per-container windows and per-image baselines.
+	State state.Config
+	// Partition shares telemetry among replicas by container.
+	Partition partition.Config
+	// Response maps threats to response requests (off by default).
+	Response response.Config
+	// Rules names the user's rule files and how they are reloaded.
+	Rules rules.Config
 }
 
 // RegisterFlags registers the detector's flags on fs.
@@ -29,6 +41,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Log.RegisterFlags(fs)
 	fs.StringVar(&c.Durable, "consumer", "detector", "durable consumer name on the telemetry stream")
 	fs.DurationVar(&c.DedupWindow, "dedup-window", time.Minute, "window in which a repeated threat (same rule, container, command line) is raised once")
+	c.State.RegisterFlags(fs)
+	c.Partition.RegisterFlags(fs)
+	c.Response.RegisterFlags(fs)
+	c.Rules.RegisterFlags(fs)
 }
 
 // Validate checks c.
@@ -39,5 +55,6 @@ func (c *Config) Validate() error {
 	if c.DedupWindow < 0 {
 		return errors.New("dedup-window must not be negative")
 	}
-	return errors.Join(c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate())
+	return errors.Join(c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate(),
+		c.State.Validate(), c.Partition.Validate(), c.Response.Validate(), c.Rules.Validate())
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -17,7 +18,10 @@ import (
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
 	"github.com/whalewatch/whalewatch/pkg/subject"
+	"github.com/whalewatch/whalewatch/services/detector/internal/partition"
+	"github.com/whalewatch/whalewatch/services/detector/internal/response"
 	"github.com/whalewatch/whalewatch/services/detector/internal/rules"
+	"github.com/whalewatch/whalewatch/services/detector/internal/state"
 )
 
 // Run connects to NATS and runs the detector until ctx ends.
@@ -43,6 +47,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 			return nil // shutting down
 		}
 		d := New(js, cfg, log, reg)
+		g.Go(func() error { return d.engine.Run(gctx) }) // reloads rules on change
 		return d.Run(gctx)
 	})
 	err = g.Wait()
@@ -56,13 +61,21 @@ type Detector struct {
 	js       bus.JetStream
 	pub      *bus.EventPublisher
 	metrics  *bus.ConsumerMetrics
-	engine   rules.Engine
+	engine   *rules.Engine
 	log      *slog.Logger
 	threats  *prometheus.CounterVec
 	now      func() time.Time
 	dedupMu  sync.Mutex
 	dedup    map[string]time.Time
 	lastSwep time.Time
+	// tracker observes every event before the rules (state.Snapshot);
+	// recorder is the same object, for baseline sync and partition moves.
+	tracker   state.Tracker
+	recorder  *state.Recorder
+	responder *response.Responder
+	reg       prometheus.Registerer
+	// partitionHooks lets tests watch partition ownership.
+	partitionHooks partition.Hooks
 }
 
 // New returns a detector that publishes on js.
@@ -81,11 +94,32 @@ func New(js bus.JetStream, cfg Config, log *slog.Logger, reg prometheus.Register
 		dedup: map[string]time.Time{},
 	}
 	reg.MustRegister(d.threats)
+	var err error
+	if d.engine, err = rules.NewEngine(cfg.Rules, log, reg); err != nil {
+		// Validate loaded them a moment ago: the files changed since.
+		log.Error("rules rejected, running the shipped rules", "err", err)
+	}
+	d.reg = reg
+	d.recorder = state.NewRecorder(cfg.State, reg, anomalyScorer(log))
+	d.tracker = d.recorder
+	responder, err := response.New(cfg.Response, d.pub, reg)
+	if err != nil {
+		log.Error("responses disabled", "err", err)
+	}
+	d.responder = responder
 	return d
 }
 
 // Run consumes telemetry until ctx ends.
 func (d *Detector) Run(ctx context.Context) error {
+	if js, ok := d.js.(stateJetStream); ok {
+		return d.runStateful(ctx, js)
+	}
+	return d.consume(ctx)
+}
+
+// consume runs the single shared telemetry consumer (partitioning off).
+func (d *Detector) consume(ctx context.Context) error {
 	c := bus.NewConsumer(d.js, bus.ConsumerConfig{
 		Stream:         bus.StreamTelemetry,
 		Durable:        d.cfg.Durable,
@@ -103,7 +137,8 @@ func (d *Detector) Handle(ctx context.Context, e *event.Event) error {
 	if e.Event.Kind != event.KindEvent {
 		return nil
 	}
-	for _, m := range d.engine.Evaluate(e) {
+	st := d.tracker.Observe(e)
+	for _, m := range d.engine.Evaluate(e, &st) {
 		t := Threat(e, m, d.now())
 		if d.duplicate(t) {
 			continue
@@ -113,21 +148,35 @@ func (d *Detector) Handle(ctx context.Context, e *event.Event) error {
 			return err
 		}
 		d.threats.WithLabelValues(m.Rule.ID, string(m.Rule.Severity)).Inc()
-		d.log.Info("threat", "rule", m.Rule.ID, "severity", m.Rule.Severity,
-			"host", t.Host.Name, "container", t.Container.Name, "command_line", t.Process.CommandLine)
+		d.respond(ctx, t)
+		d.log.Info("threat", "rule", m.Rule.ID, "severity", m.Rule.Severity, "host", t.Host.Name, "message", t.Message)
 	}
 	return nil
 }
 
+// dedupKey is the rule and what the threat is about: host, container, and
+// the command line or file when the threat has one. Not the destination: a
+// scan or a burst of new destinations is one threat per window, not one
+// per port.
 func dedupKey(t *event.Event) string {
-	return t.Rule.ID + "\x00" + t.Container.ID + "\x00" + t.Process.CommandLine
+	k := t.Rule.ID + "\x00" + t.Host.Name
+	if c := t.Container; c != nil {
+		k += "\x00" + c.ID
+	}
+	if p := t.Process; p != nil {
+		k += "\x00" + p.CommandLine
+	}
+	if f := t.File; f != nil {
+		k += "\x00" + f.Path
+	}
+	return k
 }
 
 // duplicate reports whether the same threat was raised within the dedup
 // window, and records it otherwise. Expired keys are swept at most once a
 // window, so memory is bounded by the threats of one window.
 func (d *Detector) duplicate(t *event.Event) bool {
-	if d.cfg.DedupWindow == 0 || t.Container == nil || t.Process == nil {
+	if d.cfg.DedupWindow == 0 {
 		return false
 	}
 	now := d.now()
@@ -150,9 +199,6 @@ func (d *Detector) duplicate(t *event.Event) bool {
 }
 
 func (d *Detector) forget(t *event.Event) {
-	if t.Container == nil || t.Process == nil {
-		return
-	}
 	d.dedupMu.Lock()
 	delete(d.dedup, dedupKey(t))
 	d.dedupMu.Unlock()
@@ -178,7 +224,13 @@ func Threat(e *event.Event, m rules.Match, now time.Time) *event.Event {
 		Host:      e.Host,
 		Container: e.Container,
 		Process:   e.Process,
-		Rule:      &event.Rule{ID: r.ID, Name: r.Name, Description: r.Description, Ruleset: "whalewatch-default"},
+		// What a file or network rule is about.
+		Source:      e.Source,
+		Destination: e.Destination,
+		File:        e.File,
+		Network:     e.Network,
+		Tags:        slices.Clone(r.Tags), // Bound edits in place; r is shared by concurrent partitions
+		Rule:        &event.Rule{ID: r.ID, Name: r.Name, Description: r.Description, Ruleset: "whalewatch-default"},
 		Threat: &event.Threat{
 			Framework: event.FrameworkMITRE,
 			Technique: event.Technique{ID: []string{r.TechniqueID}, Name: []string{r.Technique}},

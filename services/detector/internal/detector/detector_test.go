@@ -31,6 +31,16 @@ func testConfig(tb testing.TB) Config {
 	return c
 }
 
+// netcatRule is the shipped rule for netcat.
+func netcatRule(tb testing.TB) *rules.Rule {
+	tb.Helper()
+	s, err := rules.LoadConfig(rules.Config{})
+	require.NoError(tb, err)
+	r := s.Rule("suspicious-tool-netcat")
+	require.NotNil(tb, r)
+	return r
+}
+
 func processEvent(host, cid string, args ...string) *event.Event {
 	return &event.Event{
 		Timestamp: time.Now().UTC(),
@@ -48,7 +58,7 @@ func TestThreatDocument(t *testing.T) {
 	t.Parallel()
 	e := processEvent("h1", "c1", "nc", "-l", "-p", "4444")
 	now := time.Date(2026, 11, 26, 0, 0, 0, 0, time.UTC)
-	th := Threat(e, rules.Match{Rule: rules.Netcat, Message: "nc executed"}, now)
+	th := Threat(e, rules.Match{Rule: netcatRule(t), Message: "nc executed"}, now)
 	require.NoError(t, th.Validate())
 	require.Equal(t, event.KindAlert, th.Event.Kind)
 	require.Equal(t, 73, th.Event.Severity)
@@ -59,8 +69,8 @@ func TestThreatDocument(t *testing.T) {
 	require.Equal(t, "nc executed in container web (image busybox) on host h1: nc -l -p 4444", th.Message)
 	require.Equal(t, "whalewatch.threats.high.suspicious-tool-netcat", subject.ForThreat(th))
 	// The same trigger always yields the same threat id, another trigger another.
-	require.Equal(t, th.Event.ID, Threat(e, rules.Match{Rule: rules.Netcat}, now.Add(time.Hour)).Event.ID)
-	require.NotEqual(t, th.Event.ID, Threat(processEvent("h1", "c1", "nc"), rules.Match{Rule: rules.Netcat}, now).Event.ID)
+	require.Equal(t, th.Event.ID, Threat(e, rules.Match{Rule: netcatRule(t)}, now.Add(time.Hour)).Event.ID)
+	require.NotEqual(t, th.Event.ID, Threat(processEvent("h1", "c1", "nc"), rules.Match{Rule: netcatRule(t)}, now).Event.ID)
 }
 
 func TestDedupWindow(t *testing.T) {
@@ -71,7 +81,7 @@ func TestDedupWindow(t *testing.T) {
 	now := time.Unix(1000, 0)
 	d.now = func() time.Time { return now }
 	th := func(cid string) *event.Event {
-		return Threat(processEvent("h", cid, "nc", "-l"), rules.Match{Rule: rules.Netcat}, now)
+		return Threat(processEvent("h", cid, "nc", "-l"), rules.Match{Rule: netcatRule(t)}, now)
 	}
 	require.False(t, d.duplicate(th("c1")))
 	require.True(t, d.duplicate(th("c1")), "same exec seen twice")
@@ -120,7 +130,7 @@ func TestDetectorEndToEndOnNATS(t *testing.T) {
 	// out, benign was evaluated and raised nothing.
 	select {
 	case th := <-threats:
-		require.Equal(t, rules.Netcat.ID, th.Rule.ID)
+		require.Equal(t, "suspicious-tool-netcat", th.Rule.ID)
 		require.Equal(t, "c-bad", th.Container.ID)
 	case <-time.After(10 * time.Second):
 		t.Fatal("no threat published")

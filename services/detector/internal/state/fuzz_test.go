@@ -1,0 +1,63 @@
+package state
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/whalewatch/whalewatch/pkg/event"
+)
+
+// FuzzBaselineKey: any image name (container-controlled) makes a valid KV
+// key that maps back to it, and any stored value decodes or errors.
+func FuzzBaselineKey(f *testing.F) {
+	f.Add("registry.local/web:1.2", []byte(`{"image":"x"}`))
+	f.Add("a@sha256:00>*. \x00", []byte(`{"image":"","executables":[1]}`))
+	f.Fuzz(func(t *testing.T, image string, value []byte) {
+		key := KeyFor(image)
+		for _, r := range key {
+			if !(r == '.' || r == '-' || r == '_' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+				t.Fatalf("key %q has %q", key, r)
+			}
+		}
+		if got, err := ImageOfKey(key); err != nil || got != image {
+			t.Fatalf("ImageOfKey(KeyFor(%q)) = %q, %v", image, got, err)
+		}
+		if b, err := DecodeBaseline(value); err == nil {
+			_ = b.Encode()
+		}
+	})
+}
+
+// FuzzObserve: hostile paths, names and addresses never crash the tracker.
+func FuzzObserve(f *testing.F) {
+	f.Add("c1", "/tmp/x", "nginx", 80, "10.0.0.1", "syn_sent", "added")
+	f.Fuzz(func(t *testing.T, cid, path, image string, port int, ip, state, kind string) {
+		var cfg Config
+		cfg.MaxContainers, cfg.MaxWindowEntries, cfg.IdleTimeout = 4, 4, time.Minute
+		cfg.ScanWindow, cfg.DropWindow, cfg.CPUSustainedPercent = time.Minute, time.Minute, 80
+		cfg.SpikeFactor, cfg.BaselineLearning, cfg.BaselineMaxEntries, cfg.BaselineFlush = 10, time.Hour, 4, time.Second
+		r := NewRecorder(cfg, prometheus.NewRegistry())
+		mk := func(k event.Telemetry) *event.Event {
+			e := ev(cid, k, t0)
+			e.Container.Image.Name = image
+			return e
+		}
+		n := mk(event.TelemetryNetwork)
+		n.Source, n.Destination = &event.Endpoint{Port: port}, &event.Endpoint{IP: ip, Port: port}
+		n.Whalewatch.Socket = &event.Socket{State: state}
+		fe := mk(event.TelemetryFile)
+		fe.File = &event.File{Path: path}
+		fe.Whalewatch.FileChange = &event.FileChange{Kind: kind}
+		p := mk(event.TelemetryProcess)
+		p.Process = &event.Process{Executable: path, Args: []string{path}, Parent: &event.Parent{Name: path}}
+		res := mk(event.TelemetryResource)
+		res.Whalewatch.Resource = &event.Resource{CPUPercent: float64(port), NetRxBytes: uint64(port)}
+		for range 3 {
+			for _, e := range []*event.Event{n, fe, p, res} {
+				r.Observe(e)
+			}
+		}
+	})
+}

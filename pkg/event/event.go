@@ -30,7 +30,7 @@ import (
 
 // SchemaVersion is written to whalewatch.schema_version. Bump the minor version
 // for additive changes, the major version for anything a consumer could misread.
-const SchemaVersion = "1.0"
+const SchemaVersion = "1.1"
 
 // SchemaMajor is the major part of SchemaVersion; consumers accept any minor.
 const SchemaMajor = "1"

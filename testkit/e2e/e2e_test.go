@@ -238,8 +238,11 @@ func TestNetcatInContainerBecomesThreatSlackPostAndDocument(t *testing.T) {
 	for _, th := range st.Threats() {
 		// 5. The benign container raised nothing: its telemetry reached the
 		// detector before the attack, so its threats would be here by now.
+		if th.Container == nil {
+			continue // host-scoped (e.g. the Docker API exposure check)
+		}
 		require.NotEqual(t, benign, th.Container.ID, "threat for the benign container: %s", th.Message)
-		if th.Rule.ID == "suspicious-tool-netcat" {
+		if th.Rule.ID == "suspicious-tool-netcat" && th.Container.ID == bad {
 			ncThreats++
 		}
 	}

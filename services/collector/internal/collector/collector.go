@@ -1,12 +1,13 @@
 // Package collector watches one Docker host and publishes what happens in its
 // containers as telemetry: lifecycle events from the engine's event stream,
-// a configuration snapshot of each container it sees start, and the
-// processes running in each container.
+// a configuration snapshot of each container it sees start, the processes
+// running in each container, and their resource usage, logs, filesystem
+// changes and sockets; and whether the Engine API is open over TCP.
 //
 // Structure: one goroutine reads the engine's event stream and owns the set
 // of running containers; each running container has a watcher, a goroutine
-// per monitor (today only the process source) cancelled when the container
-// dies; every event goes through a bounded queue to one publisher goroutine.
+// per monitor (process source, resources, logs, files, sockets) cancelled
+// when the container dies; every event goes through a bounded queue to one publisher goroutine.
 package collector
 
 import (
@@ -52,6 +53,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 	if err != nil {
 		return err
 	}
+	responder, err := newResponder(dc, js, col.queue.pub, cfg, log, reg)
+	if err != nil {
+		return err
+	}
 	srv := admin.New(cfg.Admin, reg, log)
 	srv.AddCheck("nats", bus.Ready(nc))
 	srv.AddCheck("docker", col.DockerReady)
@@ -64,6 +69,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		}); err != nil {
 			return nil // shutting down
 		}
+		g.Go(func() error { return responder.Run(gctx) })
 		return col.Run(gctx)
 	})
 	err = g.Wait()
@@ -83,6 +89,9 @@ type Collector struct {
 	log      *slog.Logger
 	now      func() time.Time
 
+	// hostMonitors run one goroutine each for the whole host (procconn.go).
+	hostMonitors []hostMonitor
+
 	mu    sync.RWMutex
 	cache map[string]*containerInfo // by full container id: inspected, running or recently started
 
@@ -97,7 +106,14 @@ type Collector struct {
 // New returns a collector that reads the engine through docker and publishes
 // on js. It registers its metrics on reg.
 func New(docker *client.Client, js bus.Publisher, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Collector, error) {
-	return newCollector(newDockerAPI(docker), bus.NewEventPublisher(js, reg), cfg, log, reg)
+	c, err := newCollector(newDockerAPI(docker), bus.NewEventPublisher(js, reg), cfg, log, reg)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.selectProcessSource(reg, openProcConnector); err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 func newCollector(docker dockerAPI, pub eventPublisher, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Collector, error) {
@@ -126,6 +142,11 @@ func newCollector(docker dockerAPI, pub eventPublisher, cfg Config, log *slog.Lo
 		now:      time.Now,
 	}
 	c.monitors = []monitor{c.procs}
+	mons, exposure := c.telemetryMonitors(reg) // monitors.go
+	c.monitors = append(c.monitors, mons...)
+	if exposure != nil {
+		c.hostMonitors = append(c.hostMonitors, exposure)
+	}
 	c.m.processMode.WithLabelValues(c.procs.Mode()).Set(1)
 	return c, nil
 }
@@ -153,6 +174,13 @@ func (c *Collector) Run(ctx context.Context) error {
 		defer close(published)
 		c.queue.run(pubCtx)
 	}()
+	for _, hm := range c.hostMonitors {
+		c.wg.Go(func() {
+			if err := hm.Run(ctx, c.queue.enqueue); err != nil && ctx.Err() == nil {
+				c.log.Error("host monitor stopped", "err", err)
+			}
+		})
+	}
 
 	c.watchEvents(ctx)
 

@@ -85,6 +85,10 @@ func testConfig(t *testing.T) Config {
 	require.NoError(t, fs.Parse(nil))
 	cfg.HostName = "h"
 	cfg.Admin.ShutdownTimeout = 5 * time.Second
+	// The telemetry monitors (monitors.go) are off: fakes have no /proc of
+	// their own, and on the real engine every test's collector would sample
+	// every container. monitor_integration_test.go turns them on.
+	cfg.ResourceInterval, cfg.DiffInterval, cfg.SocketInterval, cfg.ExposureInterval, cfg.Logs = 0, 0, 0, 0, false
 	return cfg
 }
 

@@ -24,9 +24,34 @@ type Config struct {
 	HostName string
 	// ProcessPollInterval is how often docker top is polled per container.
 	ProcessPollInterval time.Duration
+	// ProcessSource selects the process source: auto (the netlink process
+	// connector when it works, else docker-top), proc-connector (fail
+	// without it) or docker-top.
+	ProcessSource string
 	// QueueSize bounds the events waiting to be published; beyond it events
 	// are dropped and counted rather than blocking the Docker watchers.
 	QueueSize int
+	// Responses configures the response actions (actions.go).
+	Responses ResponseConfig
+
+	// Telemetry monitors (monitor_*.go, dockerapi_exposure.go); an interval
+	// of 0 disables its monitor.
+	ResourceInterval     time.Duration
+	Logs                 bool
+	LogBatchLines        int
+	LogBatchInterval     time.Duration
+	LogMaxLinesPerSecond int
+	DiffInterval         time.Duration
+	DiffMaxChanges       int
+	SocketInterval       time.Duration
+	ExposureInterval     time.Duration
+	ExposureProbePorts   string
+	// HostProc is where the host's /proc is mounted (the socket and file
+	// monitors read /proc/<pid>/net and /proc/<pid>/root of containers).
+	HostProc string
+	// monitorFilter, when set (tests), chooses the containers the resource,
+	// log, file and socket monitors watch.
+	monitorFilter func(*containerInfo) bool
 }
 
 // RegisterFlags registers the collector's flags on fs.
@@ -37,7 +62,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DockerHost, "docker-host", "", "Docker engine address, e.g. unix:///var/run/docker.sock (empty: the Docker client's default)")
 	fs.StringVar(&c.HostName, "host-name", "", "host.name of every event and host token of its subject (empty: the machine's hostname; set it when the collector runs in a container)")
 	fs.DurationVar(&c.ProcessPollInterval, "process-poll-interval", 500*time.Millisecond, "how often docker top is polled per running container")
+	fs.StringVar(&c.ProcessSource, "process-source", ModeAuto, "process source: auto (the netlink process connector when it works, else docker-top), proc-connector or docker-top")
 	fs.IntVar(&c.QueueSize, "queue-size", 10000, "events buffered for publishing; when full, new events are dropped and counted")
+	c.Responses.RegisterFlags(fs)
+	c.registerMonitorFlags(fs)
 }
 
 // Validate checks c.
@@ -46,10 +74,15 @@ func (c *Config) Validate() error {
 	if c.ProcessPollInterval < 10*time.Millisecond {
 		errs = append(errs, errors.New("process-poll-interval must be at least 10ms"))
 	}
+	switch c.ProcessSource {
+	case ModeAuto, ModeProcConnector, ModeDockerTop:
+	default:
+		errs = append(errs, fmt.Errorf("process-source must be auto, proc-connector or docker-top, not %q", c.ProcessSource))
+	}
 	if c.QueueSize < 1 {
 		errs = append(errs, errors.New("queue-size must be positive"))
 	}
-	return errors.Join(append(errs, c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate())...)
+	return errors.Join(append(errs, c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate(), c.Responses.Validate(), c.validateMonitors())...)
 }
 
 // hostName resolves HostName's default.

@@ -26,6 +26,13 @@ type containerInfo struct {
 	Running   bool
 	StartedAt time.Time
 	Config    event.ContainerConfig
+	// InitPID is the host pid of the container's first process (0 when not
+	// running); TTY says its output is a raw stream, not stdcopy frames;
+	// CPULimitCores is its CPU limit in cores (NanoCPUs or quota/period), 0
+	// when unlimited. Read by the resource, log, file and socket monitors.
+	InitPID       int
+	TTY           bool
+	CPULimitCores float64
 }
 
 // ecs returns container.* for one event. Slices and maps are copied: Bound
@@ -68,16 +75,19 @@ func infoFromInspect(in container.InspectResponse) *containerInfo {
 		if b.State != nil {
 			ci.Running = b.State.Running
 			ci.StartedAt, _ = time.Parse(time.RFC3339Nano, b.State.StartedAt)
+			ci.InitPID = b.State.Pid
 		}
 		if h := b.HostConfig; h != nil {
 			ci.Runtime = h.Runtime
 			mapHostConfig(&ci.Config, h)
+			ci.CPULimitCores = cpuLimitCores(h.Resources)
 		}
 	}
 	if c := in.Config; c != nil {
 		ci.Image = parseImageRef(c.Image)
 		ci.Labels = c.Labels
 		ci.User = c.User
+		ci.TTY = c.Tty
 		ci.Config.User = c.User
 		ci.Config.Entrypoint = c.Entrypoint
 		ci.Config.Cmd = c.Cmd

@@ -40,6 +40,7 @@ func TestInfoFromInspect(t *testing.T) {
 				Runtime:   "runc",
 				Running:   true,
 				StartedAt: time.Date(2026, 11, 26, 19, 50, 34, 359502252, time.UTC),
+				InitPID:   13449,
 				Config: event.ContainerConfig{
 					NetworkMode:   "none",
 					IPCMode:       "private",
@@ -58,6 +59,8 @@ func TestInfoFromInspect(t *testing.T) {
 				Labels:  map[string]string{"app": "web", "whalewatch.test": "record"},
 				Runtime: "runc",
 				User:    "1000:1000",
+				// --cpus 0.5
+				CPULimitCores: 0.5,
 				Config: event.ContainerConfig{
 					User:           "1000:1000",
 					Privileged:     true,

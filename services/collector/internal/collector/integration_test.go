@@ -41,7 +41,7 @@ type harness struct {
 	invalid []error
 }
 
-func startCollector(t *testing.T) *harness {
+func startCollector(t *testing.T, opts ...func(*Config)) *harness {
 	t.Helper()
 	dockertest.BusyboxImage(t) // skips without an engine
 	s := natstest.Server(t)
@@ -50,6 +50,10 @@ func startCollector(t *testing.T) *harness {
 	cfg := testConfig(t)
 	cfg.HostName = "it-" + event.NewID()[:8]
 	cfg.ProcessPollInterval = 200 * time.Millisecond
+	cfg.ProcessSource = ModeDockerTop // these tests cover the poller; procconn_integration_test.go the connector
+	for _, o := range opts {
+		o(&cfg)
+	}
 	require.NoError(t, bus.EnsureStreams(t.Context(), js, cfg.NATS.Streams))
 
 	dc, err := NewDockerClient("")

@@ -57,6 +57,7 @@ type topPoller struct {
 	log      *slog.Logger
 	errors   prometheus.Counter
 	now      func() time.Time
+	once     bool // poll once and return: the inventory beside the process connector
 }
 
 func (t *topPoller) Mode() string { return ModeDockerTop }
@@ -107,6 +108,9 @@ func (t *topPoller) Monitor(ctx context.Context, ctr *containerInfo, emit func(*
 				emit(processEvent(t.host, ctr.ID, p, !first, now))
 			}
 			seen, first = next, false
+		}
+		if t.once {
+			return nil
 		}
 		select {
 		case <-ctx.Done():

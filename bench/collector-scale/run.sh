@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Collector CPU and memory with N idle containers, beside the Docker engine's
+# CPU with no collector (baseline), with the collector, and with a loop that
+# asks `docker top` of every container once a second (the seed's approach).
+# See README.md. Usage: N=50 WINDOW=60 bench/collector-scale/run.sh
+#
+# VARIANTS: collector flag sets measured one after the other, separated by
+# ';' (the first is usually empty: the defaults), e.g.
+#   VARIANTS=';-process-source docker-top;-process-poll-interval 5s'
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+N=${N:-50}
+WINDOW=${WINDOW:-60}
+WARMUP=${WARMUP:-5}
+BIN=${BIN:-bin}
+IMAGE=${IMAGE:-whalewatch-test/busybox:1}
+VARIANTS=${VARIANTS:-}
+SOCK=${SOCK:-/var/run/docker.sock}
+NATS_PORT=${NATS_PORT:-14222}
+HTTP_PORT=${HTTP_PORT:-19101}
+LABEL="whalewatch.bench=collector-scale-$$"
+HZ=$(getconf CLK_TCK)
+TMP=$(mktemp -d)
+PIDS=()
+
+cleanup() {
+	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+	local ids
+	ids=$(docker ps -aq --filter "label=$LABEL")
+	if [ -n "$ids" ]; then docker rm -f $ids >/dev/null; fi
+	rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+for f in "$BIN/collector" "$BIN/nats-server"; do
+	[ -x "$f" ] || { echo "missing $f: run make build" >&2; exit 1; }
+done
+docker image inspect "$IMAGE" >/dev/null 2>&1 || {
+	echo "missing $IMAGE: go test ./testkit/dockertest builds it" >&2; exit 1; }
+
+# ticks PID: CPU ticks of the process and of its reaped children (dockerd
+# runs the host's ps for docker top and reaps it).
+ticks() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12+$13+$14+$15}'; }
+engine_pids() { { pgrep -x dockerd; pgrep -x containerd; pgrep -f containerd-shim; } | sort -u; }
+engine_ticks() { local t=0 p; for p in $(engine_pids); do t=$((t + $(ticks "$p" 2>/dev/null || echo 0))); done; echo "$t"; }
+pct() { awk -v t="$1" -v hz="$HZ" -v w="$2" 'BEGIN{printf "%.2f", 100*t/hz/w}'; }
+rss_mib() { awk '/^'"$2"':/{printf "%.1f", $2/1024}' "/proc/$1/status"; }
+metric() { curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" 2>/dev/null | awk -v m="$1" '$1==m{print $2}'; }
+
+echo "# collector-scale: N=$N window=${WINDOW}s, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
+start=$(date +%s.%N)
+for i in $(seq "$N"); do
+	docker run -d --network none --label "$LABEL" "$IMAGE" sleep 3600 >/dev/null
+done
+echo "created $N containers in $(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN{printf "%.1f", e-s}') s"
+IDS=$(docker ps -q --no-trunc --filter "label=$LABEL")
+
+printf '%-40s %8s %12s %12s %14s\n' phase window_s client_cpu% client_rss_MiB engine_cpu%
+row() { printf '%-40s %8s %12s %12s %14s\n' "$@"; }
+
+# Baseline: the engine with N idle containers and nothing watching.
+sleep "$WARMUP"
+e0=$(engine_ticks); sleep "$WINDOW"; e1=$(engine_ticks)
+BASE=$(pct $((e1 - e0)) "$WINDOW")
+row "baseline (no collector)" "$WINDOW" - - "$BASE"
+
+"$BIN/nats-server" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$TMP/js" >"$TMP/nats.log" 2>&1 &
+NATS=$!
+PIDS+=("$NATS")
+
+run_collector() {
+	local name=$1; shift
+	"$BIN/collector" -nats-url "nats://127.0.0.1:$NATS_PORT" -http-addr "127.0.0.1:$HTTP_PORT" \
+		-host-name bench -log-level warn "$@" 2>"$TMP/collector.log" &
+	local c=$!
+	PIDS+=("$c")
+	local deadline=$((SECONDS + 180))
+	until [ "$(metric whalewatch_collector_containers_watched)" = "$N" ]; do
+		if [ $SECONDS -gt $deadline ] || ! kill -0 "$c" 2>/dev/null; then
+			echo "collector $name did not watch $N containers:" >&2; tail -20 "$TMP/collector.log" >&2; exit 1
+		fi
+		sleep 0.5
+	done
+	sleep "$WARMUP"
+	local c0 e0 c1 e1
+	c0=$(ticks "$c"); e0=$(engine_ticks); sleep "$WINDOW"; c1=$(ticks "$c"); e1=$(engine_ticks)
+	row "collector $name" "$WINDOW" "$(pct $((c1 - c0)) "$WINDOW")" "$(rss_mib "$c" VmRSS) (peak $(rss_mib "$c" VmHWM))" \
+		"$(pct $((e1 - e0)) "$WINDOW") (+$(awk -v a="$(pct $((e1 - e0)) "$WINDOW")" -v b="$BASE" 'BEGIN{printf "%.2f", a-b}'))"
+	echo "    process source: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_process_mode/ && $2==1 {print $1}')"
+	kill "$c"; wait "$c" 2>/dev/null || true
+	grep -v '^$' "$TMP/collector.log" | head -3 | sed 's/^/    log: /' || true
+}
+
+IFS=';' read -r -a VARS <<<"${VARIANTS:-}"
+[ ${#VARS[@]} -gt 0 ] || VARS=("")
+for v in "${VARS[@]}"; do
+	# shellcheck disable=SC2086
+	run_collector "${v:-(defaults)}" $v
+done
+
+# The seed's approach: docker top of every container once a second, here with
+# curl on the socket (the client's CPU is curl's, a Go client's would be lower).
+c0=$(ticks $$); e0=$(engine_ticks)
+end=$((SECONDS + WINDOW))
+while [ $SECONDS -lt $end ]; do
+	t=$(date +%s%N)
+	for id in $IDS; do curl -fsS --unix-socket "$SOCK" -o /dev/null "http://docker/containers/$id/top"; done
+	left=$(( (1000000000 - ($(date +%s%N) - t)) / 1000000 ))
+	[ "$left" -gt 0 ] && sleep "0.$(printf '%03d' "$left")"
+done
+c1=$(ticks $$); e1=$(engine_ticks)
+row "docker top loop, 1/s per container" "$WINDOW" "$(pct $((c1 - c0)) "$WINDOW") (curl)" - \
+	"$(pct $((e1 - e0)) "$WINDOW") (+$(awk -v a="$(pct $((e1 - e0)) "$WINDOW")" -v b="$BASE" 'BEGIN{printf "%.2f", a-b}'))"
+# The baseline again: how much the engine's load drifted meanwhile (other
+# work on the machine).
+e0=$(engine_ticks); sleep "$WINDOW"; e1=$(engine_ticks)
+row "baseline again (no collector)" "$WINDOW" - - "$(pct $((e1 - e0)) "$WINDOW")"
+echo "# done: load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -1,0 +1,161 @@
+package collector
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/subject"
+	"github.com/whalewatch/whalewatch/testkit/dockertest"
+	"github.com/whalewatch/whalewatch/testkit/natstest"
+)
+
+// The resource, log, file and socket monitors against the real engine. The
+// containers run with --network none; the socket test talks to itself over
+// the container's own loopback. Each test's collector watches only that
+// test's containers with its monitors (the engine may run many others).
+
+func fast(t *testing.T) func(*Config) {
+	return func(cfg *Config) {
+		cfg.ResourceInterval = 300 * time.Millisecond
+		cfg.Logs = true
+		cfg.LogBatchInterval = 100 * time.Millisecond
+		cfg.DiffInterval = 300 * time.Millisecond
+		cfg.SocketInterval = 200 * time.Millisecond
+		cfg.ProcessPollInterval = time.Hour // one docker top per container: the engine may run many
+		cfg.monitorFilter = func(ci *containerInfo) bool { return ci.Labels[dockertest.LabelTest] == t.Name() }
+	}
+}
+
+func TestIntegrationResourceBusyLoop(t *testing.T) {
+	t.Parallel()
+	h := startCollector(t, fast(t))
+	// Two busy loops: above 50% of a core even on a host loaded by other tests.
+	id := dockertest.Run(t, []string{"--cpus", "1.5"}, "sh", "-c", "while :; do :; done & while :; do :; done")
+	samples := map[string]float64{}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("CPU samples seen: %v (a host loaded by others leaves the container less than half a core)", samples)
+		}
+	})
+	var s stored
+	// Longer than h.wait: the engine answers a one-shot stats request at its
+	// next collection round over every container whose stats are asked,
+	// which takes long when other tests load the engine.
+	natstest.Eventually(t, 3*waitFor, func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, st := range h.got {
+			if e := st.e; of(id, event.TelemetryResource)(e) {
+				samples[e.Timestamp.Format(time.StampMilli)] = e.Whalewatch.Resource.CPUPercent
+				if e.Whalewatch.Resource.CPUPercent > 50 {
+					s = st
+					return true
+				}
+			}
+		}
+		return false
+	}, "no resource sample with CPU > 50%% stored")
+	require.Equal(t, subject.Telemetry(h.host, id, event.TelemetryResource), s.subject)
+	r := s.e.Whalewatch.Resource
+	require.Greater(t, r.CPULimitPercent, r.CPUPercent/1.5-1, "of the 1.5-core limit")
+	require.Positive(t, r.MemoryBytes)
+	require.Zero(t, r.MemoryLimitBytes, "no memory limit")
+	require.GreaterOrEqual(t, r.PIDs, int64(1))
+	require.Positive(t, r.IntervalSeconds)
+}
+
+func TestIntegrationLogsBothStreams(t *testing.T) {
+	t.Parallel()
+	h := startCollector(t, fast(t))
+	id := dockertest.Run(t, nil, "sh", "-c", "echo hello; echo err >&2; sleep 300")
+	line := func(stream, text string) func(*event.Event) bool {
+		return func(e *event.Event) bool {
+			return e.Whalewatch.Log.Stream == stream && slices.Contains(e.Whalewatch.Log.Lines, text)
+		}
+	}
+	out := h.wait(t, "stdout batch", and(of(id, event.TelemetryLog), line("stdout", "hello")))
+	require.Equal(t, subject.Telemetry(h.host, id, event.TelemetryLog), out.subject)
+	require.Equal(t, []string{"hello"}, out.e.Whalewatch.Log.Lines, "no timestamp prefix left")
+	require.WithinDuration(t, time.Now(), out.e.Timestamp, time.Minute, "@timestamp is when it was logged")
+	h.wait(t, "stderr batch", and(of(id, event.TelemetryLog), line("stderr", "err")))
+}
+
+func TestIntegrationFileDropper(t *testing.T) {
+	t.Parallel()
+	h := startCollector(t, fast(t))
+	id := dockertest.Run(t, nil, "sleep", "300")
+	dockertest.Docker(t, "exec", id, "sh", "-c", "echo x > /tmp/dropper; chmod +x /tmp/dropper")
+	s := h.wait(t, "executable /tmp/dropper", and(of(id, event.TelemetryFile), func(e *event.Event) bool {
+		return e.File.Path == "/tmp/dropper" && e.Whalewatch.FileChange.Executable
+	}))
+	require.Equal(t, subject.Telemetry(h.host, id, event.TelemetryFile), s.subject)
+	require.Equal(t, "file", s.e.File.Type)
+	require.Equal(t, int64(2), s.e.File.Size)
+	require.Equal(t, "0755", s.e.File.Mode)
+	require.Contains(t, []string{"added", "changed"}, s.e.Whalewatch.FileChange.Kind)
+}
+
+func TestIntegrationSocketsListenAndConnect(t *testing.T) {
+	t.Parallel()
+	h := startCollector(t, fast(t))
+	id := dockertest.Run(t, nil, "sh", "-c", "sleep 60 | nc -l -p 4444") // stdin kept open: nc exits at its EOF
+	state := func(st string, port int) func(*event.Event) bool {
+		return func(e *event.Event) bool {
+			if e.Whalewatch.Socket.State != st {
+				return false
+			}
+			return (e.Destination != nil && e.Destination.Port == port) || (e.Destination == nil && e.Source.Port == port)
+		}
+	}
+	l := h.wait(t, "listen on 4444", and(of(id, event.TelemetryNetwork), state("listen", 4444)))
+	require.Equal(t, subject.Telemetry(h.host, id, event.TelemetryNetwork), l.subject)
+	require.Equal(t, "tcp", l.e.Network.Transport)
+	require.Equal(t, "ingress", l.e.Network.Direction)
+	require.Contains(t, []string{"ipv4", "ipv6"}, l.e.Network.Type, "busybox nc listens on :: (dual stack)")
+
+	dockertest.Docker(t, "exec", "-d", id, "sh", "-c", "sleep 60 | nc 127.0.0.1 4444") // loopback only
+	c := h.wait(t, "connection to 4444", and(of(id, event.TelemetryNetwork), state("established", 4444)))
+	require.Equal(t, "127.0.0.1", c.e.Destination.IP)
+	require.Equal(t, "egress", c.e.Network.Direction)
+}
+
+// A container that floods its log is rate limited, and another container's
+// lines still arrive.
+func TestIntegrationNoisyLogsDoNotStarveOthers(t *testing.T) {
+	t.Parallel()
+	h := startCollector(t, fast(t), func(c *Config) { c.LogMaxLinesPerSecond = 200 })
+	noisy := dockertest.Run(t, []string{"--log-opt", "max-size=5m", "--log-opt", "max-file=2"},
+		"sh", "-c", "yes | head -n 200000; sleep 300")
+	h.wait(t, "rate-limited batch of the noisy container", and(of(noisy, event.TelemetryLog), func(e *event.Event) bool {
+		return e.Whalewatch.Log.Dropped > 0
+	}))
+	quiet := dockertest.Run(t, nil, "sh", "-c", "echo quiet-marker; sleep 300")
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		for _, s := range h.got {
+			if s.e.Container != nil && s.e.Container.ID == quiet {
+				t.Logf("quiet: %s %s %s", s.e.Whalewatch.Telemetry, s.e.Event.Action, s.e.Message)
+			}
+		}
+	})
+	h.wait(t, "the quiet container's line", and(of(quiet, event.TelemetryLog), func(e *event.Event) bool {
+		return slices.Contains(e.Whalewatch.Log.Lines, "quiet-marker")
+	}))
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	published := 0
+	for _, s := range h.got {
+		if s.e.Container != nil && s.e.Container.ID == noisy && s.e.Whalewatch.Log != nil {
+			published += len(s.e.Whalewatch.Log.Lines)
+		}
+	}
+	require.Less(t, published, 200000, "most of the flood was dropped, not published")
+}

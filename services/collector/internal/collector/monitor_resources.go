@@ -1,0 +1,206 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/whalewatch/whalewatch/pkg/event"
+)
+
+// resourceMonitor samples a container's resource usage every interval with a
+// one-shot stats request (GET /containers/{id}/stats?stream=false&one-shot=true).
+//
+// One-shot rather than the stats stream: the engine's stats collector samples
+// every subscribed container once a second, so a stream per container costs
+// the engine (and the collector, decoding) a sample per second per
+// container, nine of ten thrown away at the default interval; a one-shot
+// request costs one sample per interval (bench/collector-stats-mode
+// measures both). One-shot answers carry no previous CPU sample, so CPU percentages
+// are computed here from two consecutive samples; the first sample of a
+// container is a baseline and is not published.
+type resourceMonitor struct {
+	docker   statsAPI
+	host     string
+	interval time.Duration
+	log      *slog.Logger
+	errors   prometheus.Counter
+}
+
+// maxStatsBody bounds one stats answer; a real one is a few KiB.
+const maxStatsBody = 1 << 20
+
+func (r *resourceMonitor) Monitor(ctx context.Context, ctr *containerInfo, emit func(*event.Event)) error {
+	if !sleepCtx(ctx, phase(ctr.ID, r.interval)) {
+		return nil
+	}
+	warn := warnOnce{log: r.log.With("container_id", ctr.ID)}
+	var prev *container.StatsResponse
+	tick := time.NewTicker(r.interval)
+	defer tick.Stop()
+	for {
+		cur, err := r.sample(ctx, ctr.ID)
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case err != nil:
+			r.errors.Inc()
+			warn.fail("container stats failed", "err", err)
+		default:
+			warn.ok()
+			if prev != nil {
+				if res, ok := resourceSample(prev, cur, ctr); ok {
+					emit(resourceEvent(r.host, ctr.ID, cur.Read, res))
+				}
+			}
+			prev = cur
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// statsTimeout bounds one stats request. The engine answers a one-shot
+// request at its next collection round (every second) over all containers
+// whose stats are asked, which takes long on a loaded host.
+const statsTimeout = 30 * time.Second
+
+func (r *resourceMonitor) sample(ctx context.Context, id string) (*container.StatsResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, statsTimeout)
+	defer cancel()
+	resp, err := r.docker.ContainerStatsOneShot(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var s container.StatsResponse
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxStatsBody)).Decode(&s); err != nil {
+		return nil, fmt.Errorf("decoding stats: %w", err)
+	}
+	if s.Read.IsZero() {
+		return nil, fmt.Errorf("stats without a read time (container not running?)")
+	}
+	return &s, nil
+}
+
+// resourceSample computes the sample of cur against prev, as docker stats
+// does: CPU is the container's CPU time over the host's CPU time between the
+// two, times the online CPUs (falling back to wall time when the engine gives
+// no system usage); memory is usage minus the inactive page cache. It is
+// false when the two samples cannot be compared (a counter went back: the
+// container restarted).
+func resourceSample(prev, cur *container.StatsResponse, ctr *containerInfo) (event.Resource, bool) {
+	wall := cur.Read.Sub(prev.Read)
+	if wall <= 0 || cur.CPUStats.CPUUsage.TotalUsage < prev.CPUStats.CPUUsage.TotalUsage {
+		return event.Resource{}, false
+	}
+	res := event.Resource{IntervalSeconds: round2(wall.Seconds())}
+	cpuDelta := float64(cur.CPUStats.CPUUsage.TotalUsage - prev.CPUStats.CPUUsage.TotalUsage)
+	online := float64(cur.CPUStats.OnlineCPUs)
+	if online == 0 {
+		online = float64(len(cur.CPUStats.CPUUsage.PercpuUsage))
+	}
+	if sysDelta := float64(cur.CPUStats.SystemUsage) - float64(prev.CPUStats.SystemUsage); sysDelta > 0 && online > 0 {
+		res.CPUPercent = cpuDelta / sysDelta * online * 100
+	} else {
+		res.CPUPercent = cpuDelta / float64(wall.Nanoseconds()) * 100
+	}
+	res.CPUPercent = round2(res.CPUPercent)
+	if ctr.CPULimitCores > 0 {
+		res.CPULimitPercent = round2(res.CPUPercent / ctr.CPULimitCores)
+	}
+
+	mem := cur.MemoryStats
+	usage := mem.Usage
+	// cgroup v1 (total_inactive_file) and v2 (inactive_file) page cache, as
+	// the docker CLI subtracts it.
+	for _, k := range []string{"total_inactive_file", "inactive_file"} {
+		if v, ok := mem.Stats[k]; ok {
+			if v < usage {
+				usage -= v
+			}
+			break
+		}
+	}
+	res.MemoryBytes = clampInt64(usage)
+	if ctr.Config.MemoryLimit > 0 { // the engine reports the host's memory as the limit of an unlimited container
+		res.MemoryLimitBytes = clampInt64(mem.Limit)
+	}
+	res.PIDs = clampInt64(cur.PidsStats.Current)
+	for _, n := range cur.Networks {
+		res.NetRxBytes += n.RxBytes
+		res.NetTxBytes += n.TxBytes
+		res.NetRxPackets += n.RxPackets
+		res.NetTxPackets += n.TxPackets
+	}
+	for _, b := range cur.BlkioStats.IoServiceBytesRecursive {
+		switch strings.ToLower(b.Op) { // v1: Read/Write, v2: read/write
+		case "read":
+			res.BlockReadBytes += b.Value
+		case "write":
+			res.BlockWriteBytes += b.Value
+		}
+	}
+	return res, true
+}
+
+// resourceEvent is one resource sample as telemetry (ECS host/info: ECS has
+// no category for container metrics; "host" is the closest allowed value).
+func resourceEvent(host, containerID string, read time.Time, r event.Resource) *event.Event {
+	return &event.Event{
+		Timestamp: read.UTC(),
+		Message:   fmt.Sprintf("cpu %.1f%%, memory %d bytes, %d pids", r.CPUPercent, r.MemoryBytes, r.PIDs),
+		Event: event.Meta{
+			ID:       event.DeriveID(host, "resource", containerID, strconv.FormatInt(read.UnixNano(), 10)),
+			Kind:     event.KindEvent,
+			Category: []string{"host"},
+			Type:     []string{"info"},
+			Action:   "resource-sample",
+			Dataset:  event.TelemetryResource.Dataset(),
+			Module:   event.Module,
+			Created:  time.Now().UTC(),
+		},
+		Host: event.Host{Name: host},
+		Whalewatch: event.Whalewatch{
+			SchemaVersion: event.SchemaVersion,
+			Telemetry:     event.TelemetryResource,
+			Resource:      &r,
+		},
+	}
+}
+
+// cpuLimitCores is a container's CPU limit in cores: --cpus (NanoCPUs) or
+// --cpu-quota/--cpu-period; 0 when unlimited.
+func cpuLimitCores(r container.Resources) float64 {
+	if r.NanoCPUs > 0 {
+		return float64(r.NanoCPUs) / 1e9
+	}
+	if r.CPUQuota > 0 {
+		period := r.CPUPeriod
+		if period <= 0 {
+			period = 100000 // the kernel's default CFS period, in µs
+		}
+		return float64(r.CPUQuota) / float64(period)
+	}
+	return 0
+}
+
+func round2(f float64) float64 { return float64(int64(f*100+0.5)) / 100 }
+
+func clampInt64(v uint64) int64 {
+	if v > 1<<63-1 {
+		return 1<<63 - 1
+	}
+	return int64(v)
+}

@@ -1,0 +1,128 @@
+package collector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/docker/api/types/container"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/whalewatch/whalewatch/pkg/event"
+)
+
+func loadStats(t *testing.T, name string) *container.StatsResponse {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("testdata", name))
+	require.NoError(t, err)
+	var s container.StatsResponse
+	require.NoError(t, json.Unmarshal(data, &s))
+	return &s
+}
+
+func TestResourceSample(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name       string
+		a, b       string
+		ctr        containerInfo
+		want       event.Resource
+		comparable bool
+	}{
+		{"cgroup v1, busy loop, unlimited", "stats-v1-a.json", "stats-v1-b.json", containerInfo{}, event.Resource{
+			IntervalSeconds: 1.02, CPUPercent: 81.99, MemoryBytes: 319488, PIDs: 1,
+		}, true},
+		{"cgroup v2, limits", "stats-v2-a.json", "stats-v2-b.json",
+			containerInfo{CPULimitCores: 0.5, Config: event.ContainerConfig{MemoryLimit: 64 << 20}}, event.Resource{
+				IntervalSeconds: 10, CPUPercent: 50, CPULimitPercent: 100,
+				MemoryBytes: 8 << 20, MemoryLimitBytes: 64 << 20, PIDs: 4,
+				NetRxBytes: 210, NetTxBytes: 155, NetRxPackets: 5, NetTxPackets: 4,
+				BlockReadBytes: 8192, BlockWriteBytes: 16385,
+			}, true},
+		{"counter went back (restart)", "stats-v2-b.json", "stats-v2-a.json", containerInfo{}, event.Resource{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			got, ok := resourceSample(loadStats(t, tt.a), loadStats(t, tt.b), &tt.ctr)
+			require.Equal(t, tt.comparable, ok)
+			require.Equal(t, tt.want, got)
+		})
+	}
+}
+
+func TestResourceSampleWallClockFallback(t *testing.T) {
+	t.Parallel()
+	a, b := loadStats(t, "stats-v2-a.json"), loadStats(t, "stats-v2-b.json")
+	a.CPUStats.SystemUsage, b.CPUStats.SystemUsage = 0, 0 // an engine without system usage
+	got, ok := resourceSample(a, b, &containerInfo{})
+	require.True(t, ok)
+	require.Equal(t, 50.0, got.CPUPercent, "5 s of CPU in 10 s")
+}
+
+func TestCPULimitCores(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, 1.5, cpuLimitCores(container.Resources{NanoCPUs: 1_500_000_000}))
+	require.Equal(t, 0.5, cpuLimitCores(container.Resources{CPUQuota: 50000}))
+	require.Equal(t, 2.0, cpuLimitCores(container.Resources{CPUQuota: 100000, CPUPeriod: 50000}))
+	require.Equal(t, 0.0, cpuLimitCores(container.Resources{}))
+}
+
+// fakeStats answers one-shot stats from recorded samples, in order.
+type fakeStats struct {
+	mu    sync.Mutex
+	files []string
+	calls int
+}
+
+func (f *fakeStats) ContainerStatsOneShot(_ context.Context, _ string) (container.StatsResponseReader, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if len(f.files) == 0 {
+		return container.StatsResponseReader{}, errors.New("no more samples")
+	}
+	data, err := os.ReadFile(filepath.Join("testdata", f.files[0]))
+	f.files = f.files[1:]
+	if err != nil {
+		return container.StatsResponseReader{}, err
+	}
+	return container.StatsResponseReader{Body: io.NopCloser(strings.NewReader(string(data)))}, nil
+}
+
+func TestResourceMonitorPublishesFromTheSecondSample(t *testing.T) {
+	t.Parallel()
+	f := &fakeStats{files: []string{"stats-v2-a.json", "stats-v2-b.json"}}
+	r := &resourceMonitor{docker: f, host: "h", interval: 100 * time.Millisecond, log: quietLog(),
+		errors: testCounter()}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	got := make(chan *event.Event, 10)
+	done := make(chan error)
+	go func() { done <- r.Monitor(ctx, &containerInfo{ID: "c1"}, func(e *event.Event) { got <- e }) }()
+	e := <-got
+	require.Equal(t, event.TelemetryResource, e.Whalewatch.Telemetry)
+	require.Equal(t, 50.0, e.Whalewatch.Resource.CPUPercent)
+	require.Equal(t, "2026-11-26T20:00:10Z", e.Timestamp.Format(time.RFC3339Nano))
+	require.Equal(t, []string{"host"}, e.Event.Category)
+	e.Container = &event.Container{ID: "c1"}
+	require.NoError(t, e.Validate())
+	cancel()
+	require.NoError(t, <-done)
+	require.Empty(t, got, "the first sample is only a baseline; errors publish nothing")
+}
+
+func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func testCounter() prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Name: "test"})
+}

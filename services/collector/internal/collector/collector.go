@@ -328,7 +328,7 @@ func (c *Collector) handleContainer(ctx context.Context, m events.Message, now t
 	switch verb {
 	case "top":
 		return // the docker-top process source causes one per poll
-	case "start", "update", "rename":
+	case "create", "start", "update", "rename":
 		info = c.inspect(ctx, id)
 	}
 	e := lifecycleEvent(c.host, m, c.containerFields(id, m.Actor.Attributes), now)
@@ -345,7 +345,9 @@ func (c *Collector) handleContainer(ctx context.Context, m events.Message, now t
 				c.startWatch(ctx, info)
 			}
 		}
-	case "update":
+	case "create", "update":
+		// At create, so that a container that is never started (or cannot
+		// start, like a privileged one on a locked-down host) is still judged.
 		if info != nil {
 			c.queue.enqueue(configEvent(c.host, info, eventTime(m), now))
 		}

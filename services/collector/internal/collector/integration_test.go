@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -270,4 +271,30 @@ func TestIntegrationHostileInputArrivesBounded(t *testing.T) {
 	require.True(t, strings.HasSuffix(p.CommandLine, event.Ellipsis))
 	require.Len(t, p.Args, event.MaxArgs)
 	require.Greater(t, p.ArgsCount, event.MaxArgs)
+}
+
+// A container that is only created (privileged ones cannot start on some
+// hosts, and an attacker may never start it) is judged from inspect at create.
+func TestIntegrationConfigAtCreate(t *testing.T) {
+	t.Parallel()
+	h := startCollector(t)
+	id := dockertest.Create(t, []string{"--privileged", "--cap-add", "SYS_ADMIN", "-v", "/etc:/host-etc:ro"}, "sleep", "300")
+
+	h.wait(t, "lifecycle create", and(of(id, event.TelemetryLifecycle), action("create")))
+	cfg := h.wait(t, "config at create", of(id, event.TelemetryConfig))
+	c := cfg.e.Whalewatch.Config
+	require.True(t, c.Privileged)
+	// Engines differ in whether they report the CAP_ prefix.
+	require.Condition(t, func() bool {
+		return slices.ContainsFunc(c.CapAdd, func(s string) bool { return strings.TrimPrefix(s, "CAP_") == "SYS_ADMIN" })
+	}, "cap_add %v", c.CapAdd)
+	var etc *event.Mount
+	for i := range c.Mounts {
+		if c.Mounts[i].Destination == "/host-etc" {
+			etc = &c.Mounts[i]
+		}
+	}
+	require.NotNil(t, etc, "mounts %+v", c.Mounts)
+	require.Equal(t, "/etc", etc.Source)
+	require.True(t, etc.ReadOnly)
 }

@@ -15,7 +15,7 @@ import (
 // post, against the baseline of a plain `docker exec <c> true` round trip in
 // the same run. Run it with make bench (or -bench ExecToAlert -benchtime 30x).
 func BenchmarkExecToAlert(b *testing.B) {
-	st := StartStack(b)
+	st := StartStack(b, false)
 	c := dockertest.Run(b, []string{"--name", "ww-bench-" + st.Host}, "sleep", "3600")
 
 	b.Run("baseline-docker-exec-true", func(b *testing.B) {

@@ -34,8 +34,10 @@ type Stack struct {
 	tele    []*event.Event
 }
 
-// StartStack starts everything and waits until every service is ready.
-func StartStack(tb testing.TB) *Stack {
+// StartStack starts everything and waits until every service is ready. The
+// detector's configuration rules (root user, no limits, ...) flag every test
+// container, the benign one too, so they run only when configRules is set.
+func StartStack(tb testing.TB, configRules bool) *Stack {
 	tb.Helper()
 	dockertest.Available(tb)
 	bin := Binaries(tb)
@@ -88,11 +90,11 @@ func StartStack(tb testing.TB) *Stack {
 	}
 	// The detector goes first so that it creates the streams; every service
 	// does so idempotently, in any order.
-	// Configuration rules (root user, no limits, ...) flag every test
-	// container, the benign one too; their samples are the detector's tests.
-	st.Services["detector"] = Start(tb, "detector", filepath.Join(bin, "detector"), common(map[string]string{
-		"RULES_DISABLE": "tag:configuration",
-	}))
+	detectorEnv := map[string]string{"RULES_DISABLE": "tag:configuration"}
+	if configRules {
+		detectorEnv = nil
+	}
+	st.Services["detector"] = Start(tb, "detector", filepath.Join(bin, "detector"), common(detectorEnv))
 	st.Services["indexer"] = Start(tb, "indexer", filepath.Join(bin, "indexer"), common(map[string]string{
 		"ELASTICSEARCH_URL": st.ES.URL, "FLUSH_INTERVAL": "50ms",
 	}))
@@ -153,7 +155,7 @@ func (st *Stack) WaitTelemetry(tb testing.TB, timeout time.Duration, what string
 }
 
 func TestNetcatInContainerBecomesThreatSlackPostAndDocument(t *testing.T) {
-	st := StartStack(t)
+	st := StartStack(t, false)
 
 	benign := dockertest.Run(t, []string{"--name", "ww-e2e-benign-" + st.Host}, "sleep", "3600")
 	name := "ww-e2e-nc-" + st.Host
@@ -254,4 +256,34 @@ func TestNetcatInContainerBecomesThreatSlackPostAndDocument(t *testing.T) {
 		}
 	}
 	require.Equal(t, 1, ncPosts, "Slack posts for one nc exec")
+}
+
+// A privileged container with the Docker socket mounted is a threat as soon as
+// it is created, before (or without) it ever starting.
+func TestRiskyContainerConfigurationBecomesThreat(t *testing.T) {
+	st := StartStack(t, true)
+	name := "ww-e2e-priv-" + st.Host
+	id := dockertest.Create(t, []string{"--name", name, "--privileged", "-v", "/var/run/docker.sock:/var/run/docker.sock"}, "sleep", "3600")
+
+	priv, _ := st.WaitThreat(t, id, "container-privileged", 30*time.Second)
+	require.Equal(t, event.SeverityCritical, priv.Whalewatch.Severity)
+	require.Equal(t, event.TelemetryConfig, st.triggerKind(t, priv))
+	st.WaitThreat(t, id, "docker-socket-mounted", 30*time.Second)
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		for _, m := range st.Slack.Mentioning(name) {
+			if strings.Contains(m.AllText(), "container-privileged") {
+				return true
+			}
+		}
+		return false
+	}, "no Slack post for the privileged container")
+}
+
+// triggerKind is the telemetry kind of the event that raised threat t.
+func (st *Stack) triggerKind(tb testing.TB, t *event.Event) event.Telemetry {
+	tb.Helper()
+	e := st.WaitTelemetry(tb, 10*time.Second, "trigger "+t.Whalewatch.Trigger, func(e *event.Event) bool {
+		return e.Event.ID == t.Whalewatch.Trigger
+	})
+	return e.Whalewatch.Telemetry
 }

@@ -49,6 +49,10 @@ type Config struct {
 	// HostProc is where the host's /proc is mounted (the socket and file
 	// monitors read /proc/<pid>/net and /proc/<pid>/root of containers).
 	HostProc string
+	// HostCgroup is where the host's cgroup hierarchy is mounted (the
+	// resource monitor reads containers' cgroup files there; empty: always
+	// the Engine API).
+	HostCgroup string
 	// monitorFilter, when set (tests), chooses the containers the resource,
 	// log, file and socket monitors watch.
 	monitorFilter func(*containerInfo) bool

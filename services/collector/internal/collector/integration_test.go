@@ -36,6 +36,7 @@ type stored struct {
 type harness struct {
 	host string
 	c    *Collector
+	reg  *prometheus.Registry
 
 	mu      sync.Mutex
 	got     []stored
@@ -61,9 +62,10 @@ func startCollector(t *testing.T, opts ...func(*Config)) *harness {
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = dc.Close() })
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
-	c, err := New(dc, js, cfg, log, prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	c, err := New(dc, js, cfg, log, reg)
 	require.NoError(t, err)
-	h := &harness{host: cfg.HostName, c: c}
+	h := &harness{host: cfg.HostName, c: c, reg: reg}
 
 	cons, err := js.OrderedConsumer(t.Context(), bus.StreamTelemetry, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{subject.TelemetryPrefix + "." + h.host + ".>"},

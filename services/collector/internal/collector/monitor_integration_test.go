@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -66,6 +67,11 @@ func TestIntegrationResourceBusyLoop(t *testing.T) {
 	require.Zero(t, r.MemoryLimitBytes, "no memory limit")
 	require.GreaterOrEqual(t, r.PIDs, int64(1))
 	require.Positive(t, r.IntervalSeconds)
+	if os.Geteuid() == 0 { // the host's cgroup and /proc files are readable: the default source
+		require.Equal(t, map[string]float64{sourceCgroup: sourceCounts(t, h.reg)[sourceCgroup]}, sourceCounts(t, h.reg),
+			"every sample from cgroup files")
+		require.Positive(t, sourceCounts(t, h.reg)[sourceCgroup])
+	}
 }
 
 func TestIntegrationLogsBothStreams(t *testing.T) {

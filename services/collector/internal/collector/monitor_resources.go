@@ -14,25 +14,78 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/services/collector/internal/cgroupstats"
 )
 
-// resourceMonitor samples a container's resource usage every interval with a
-// one-shot stats request (GET /containers/{id}/stats?stream=false&one-shot=true).
+// resourceMonitor samples a container's resource usage every interval,
+// from the host's cgroup files when it can read the container's cgroup
+// (source "cgroup"), else with a one-shot stats request
+// (GET /containers/{id}/stats?stream=false&one-shot=true, source
+// "engine-api"). The source is chosen once per container, at its first
+// sample.
+//
+// The cgroup files are what the engine itself reads to answer a stats
+// request: reading them directly saves the engine's work (its collection
+// round, JSON encoding) and the collector's (HTTP, JSON decoding), and needs
+// the host's /proc and cgroup mount, so an engine on another host (a remote
+// DOCKER_HOST) or a collector without them falls back to the API.
+// Both sources yield the same event: a cgroup sample is turned into the
+// engine's stats shape and goes through resourceSample, CPU over wall time.
 //
 // One-shot rather than the stats stream: the engine's stats collector samples
 // every subscribed container once a second, so a stream per container costs
 // the engine (and the collector, decoding) a sample per second per
 // container, nine of ten thrown away at the default interval; a one-shot
 // request costs one sample per interval (bench/collector-stats-mode
-// measures both). One-shot answers carry no previous CPU sample, so CPU percentages
-// are computed here from two consecutive samples; the first sample of a
-// container is a baseline and is not published.
+// measures both). Neither source gives a previous CPU sample, so CPU
+// percentages are computed here from two consecutive samples; the first
+// sample of a container is a baseline and is not published.
 type resourceMonitor struct {
 	docker   statsAPI
+	cgroups  cgroupReader // nil: always the engine API
 	host     string
 	interval time.Duration
 	log      *slog.Logger
 	errors   prometheus.Counter
+	samples  *prometheus.CounterVec // by source; nil in tests that do not count
+}
+
+type cgroupReader interface {
+	Locate(pid int, containerID string) (*cgroupstats.Container, error)
+	Read(c *cgroupstats.Container) (cgroupstats.Sample, error)
+}
+
+// Resource sample sources, the label of
+// whalewatch_collector_resource_samples_total.
+const (
+	sourceCgroup    = "cgroup"
+	sourceEngineAPI = "engine-api"
+)
+
+// newResourceMonitor is the resource monitor of cfg: it reads cgroups under
+// cfg.HostCgroup (unless empty) for processes under cfg.HostProc, and logs
+// which source it will use.
+func newResourceMonitor(docker statsAPI, cfg *Config, host string, log *slog.Logger, errs prometheus.Counter, reg prometheus.Registerer) *resourceMonitor {
+	r := &resourceMonitor{docker: docker, host: host, interval: cfg.ResourceInterval, log: log, errors: errs,
+		samples: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "whalewatch_collector_resource_samples_total",
+			Help: "Container resource samples taken, by source: cgroup (the host's cgroup files) or engine-api (one-shot stats requests).",
+		}, []string{"source"}),
+	}
+	reg.MustRegister(r.samples)
+	if cfg.HostCgroup == "" {
+		log.Info("resource samples through the engine API", "source", sourceEngineAPI, "reason", "host-cgroup is empty")
+		return r
+	}
+	cg, err := cgroupstats.New(cfg.HostProc, cfg.HostCgroup)
+	if err != nil {
+		log.Info("resource samples through the engine API", "source", sourceEngineAPI, "reason", err.Error())
+		return r
+	}
+	r.cgroups = cg
+	log.Info("resource samples from cgroup files where readable, else the engine API",
+		"source", sourceCgroup, "cgroup", cg.Version().String(), "host_cgroup", cfg.HostCgroup, "host_proc", cfg.HostProc)
+	return r
 }
 
 // maxStatsBody bounds one stats answer; a real one is a few KiB.
@@ -42,20 +95,42 @@ func (r *resourceMonitor) Monitor(ctx context.Context, ctr *containerInfo, emit 
 	if !sleepCtx(ctx, phase(ctr.ID, r.interval)) {
 		return nil
 	}
-	warn := warnOnce{log: r.log.With("container_id", ctr.ID)}
+	log := r.log.With("container_id", ctr.ID)
+	var cg *cgroupstats.Container
+	if r.cgroups != nil {
+		c, err := r.cgroups.Locate(ctr.InitPID, ctr.ID)
+		if err != nil {
+			log.Debug("container cgroup not readable: resource samples through the engine API", "err", err)
+		}
+		cg = c
+	}
+	source := sourceEngineAPI
+	if cg != nil {
+		source = sourceCgroup
+	}
+	warn := warnOnce{log: log}
 	var prev *container.StatsResponse
 	tick := time.NewTicker(r.interval)
 	defer tick.Stop()
 	for {
-		cur, err := r.sample(ctx, ctr.ID)
+		var cur *container.StatsResponse
+		var err error
+		if cg != nil {
+			cur, err = r.sampleCgroup(cg)
+		} else {
+			cur, err = r.sample(ctx, ctr.ID)
+		}
 		switch {
 		case ctx.Err() != nil:
 			return nil
 		case err != nil:
 			r.errors.Inc()
-			warn.fail("container stats failed", "err", err)
+			warn.fail("container stats failed", "source", source, "err", err)
 		default:
 			warn.ok()
+			if r.samples != nil {
+				r.samples.WithLabelValues(source).Inc()
+			}
 			if prev != nil {
 				if res, ok := resourceSample(prev, cur, ctr); ok {
 					emit(resourceEvent(r.host, ctr.ID, cur.Read, res))
@@ -69,6 +144,30 @@ func (r *resourceMonitor) Monitor(ctx context.Context, ctr *containerInfo, emit 
 		case <-tick.C:
 		}
 	}
+}
+
+// sampleCgroup reads c's cgroup files into the engine's stats shape, read
+// now (with a monotonic clock reading: CPU % is over the wall time between
+// two samples, as the engine's own with no system usage).
+func (r *resourceMonitor) sampleCgroup(c *cgroupstats.Container) (*container.StatsResponse, error) {
+	s, err := r.cgroups.Read(c)
+	if err != nil {
+		return nil, err
+	}
+	var st container.StatsResponse
+	st.Read = time.Now()
+	st.CPUStats.CPUUsage.TotalUsage = s.CPUUsageNanos
+	st.MemoryStats.Usage = s.MemoryUsage
+	st.MemoryStats.Limit = s.MemoryLimit
+	st.MemoryStats.Stats = map[string]uint64{"inactive_file": s.InactiveFile}
+	st.PidsStats.Current = s.PIDs
+	st.Networks = map[string]container.NetworkStats{"all": {
+		RxBytes: s.Net.RxBytes, TxBytes: s.Net.TxBytes, RxPackets: s.Net.RxPackets, TxPackets: s.Net.TxPackets,
+	}}
+	st.BlkioStats.IoServiceBytesRecursive = []container.BlkioStatEntry{
+		{Op: "read", Value: s.ReadBytes}, {Op: "write", Value: s.WriteBytes},
+	}
+	return &st, nil
 }
 
 // statsTimeout bounds one stats request. The engine answers a one-shot

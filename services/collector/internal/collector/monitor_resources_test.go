@@ -6,8 +6,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -125,4 +127,112 @@ func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, n
 
 func testCounter() prometheus.Counter {
 	return prometheus.NewCounter(prometheus.CounterOpts{Name: "test"})
+}
+
+// sourceCounts is whalewatch_collector_resource_samples_total by source.
+func sourceCounts(t *testing.T, reg prometheus.Gatherer) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != "whalewatch_collector_resource_samples_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+		}
+	}
+	return got
+}
+
+// cgroupTree copies a recorded cgroup tree (../cgroupstats/testdata/<name>)
+// into a temporary directory; it returns the monitor's config for it and
+// the recorded container's id (its init pid is 4242).
+func cgroupTree(t *testing.T, name string) (*Config, string) {
+	t.Helper()
+	root := t.TempDir()
+	require.NoError(t, os.CopyFS(root, os.DirFS(filepath.Join("..", "cgroupstats", "testdata", name))))
+	id, err := os.ReadFile(filepath.Join(root, "container-id"))
+	require.NoError(t, err)
+	return &Config{ResourceInterval: 50 * time.Millisecond, HostProc: filepath.Join(root, "proc"),
+		HostCgroup: filepath.Join(root, "sys", "fs", "cgroup")}, strings.TrimSpace(string(id))
+}
+
+// The cgroup source yields what the engine API yields for the same
+// counters: the v2 tree holds the counters of stats-v2-a.json, and
+// stats-v2-b.json's CPU time 10 s later.
+func TestResourceSampleFromCgroupMatchesEngineAPI(t *testing.T) {
+	t.Parallel()
+	cfg, id := cgroupTree(t, "v2")
+	r := newResourceMonitor(&fakeStats{}, cfg, "h", quietLog(), testCounter(), prometheus.NewRegistry())
+	require.NotNil(t, r.cgroups)
+	c, err := r.cgroups.Locate(4242, id)
+	require.NoError(t, err)
+	a, err := r.sampleCgroup(c)
+	require.NoError(t, err)
+	dir := filepath.Join(cfg.HostCgroup, "system.slice", "docker-"+id+".scope")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "cpu.stat"), []byte("usage_usec 10000000\n"), 0o644))
+	b, err := r.sampleCgroup(c)
+	require.NoError(t, err)
+	a.Read = b.Read.Add(-10 * time.Second)
+
+	ctr := &containerInfo{CPULimitCores: 0.5, Config: event.ContainerConfig{MemoryLimit: 64 << 20}}
+	got, ok := resourceSample(a, b, ctr)
+	require.True(t, ok)
+	want, ok := resourceSample(loadStats(t, "stats-v2-a.json"), loadStats(t, "stats-v2-b.json"), ctr)
+	require.True(t, ok)
+	// The recorded engine stats and the tree differ only in network counters.
+	want.NetRxBytes, want.NetTxBytes, want.NetRxPackets, want.NetTxPackets = 1296, 726, 12, 9
+	require.Equal(t, want, got)
+}
+
+func TestResourceMonitorSources(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, tree string
+		initPID    int
+		host       bool // HostCgroup kept
+		want       string
+	}{
+		{"cgroup v1", "v1", 4242, true, sourceCgroup},
+		{"cgroup v2", "v2", 4242, true, sourceCgroup},
+		{"no init pid: engine API", "v2", 0, true, sourceEngineAPI},
+		{"pid not in the host's proc (remote engine): engine API", "v2", 4243, true, sourceEngineAPI},
+		{"host-cgroup empty: engine API", "v2", 4242, false, sourceEngineAPI},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg, id := cgroupTree(t, tt.tree)
+			if !tt.host {
+				cfg.HostCgroup = ""
+			}
+			f := &fakeStats{files: []string{"stats-v2-a.json", "stats-v2-b.json"}}
+			reg := prometheus.NewRegistry()
+			r := newResourceMonitor(f, cfg, "h", quietLog(), testCounter(), reg)
+			ctx, cancel := context.WithCancel(t.Context())
+			defer cancel()
+			got := make(chan *event.Event, 10)
+			done := make(chan error)
+			go func() {
+				done <- r.Monitor(ctx, &containerInfo{ID: id, InitPID: tt.initPID}, func(e *event.Event) { got <- e })
+			}()
+			e := <-got
+			e.Container = &event.Container{ID: id}
+			require.NoError(t, e.Validate())
+			cancel()
+			require.NoError(t, <-done)
+			counts := sourceCounts(t, reg)
+			require.Equal(t, []string{tt.want}, slices.Collect(maps.Keys(counts)))
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			if tt.want == sourceCgroup {
+				require.Zero(t, f.calls, "no stats request")
+				require.Zero(t, e.Whalewatch.Resource.CPUPercent, "the recorded CPU time did not move")
+			} else {
+				require.Equal(t, 50.0, e.Whalewatch.Resource.CPUPercent)
+			}
+		})
+	}
 }

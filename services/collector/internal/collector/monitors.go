@@ -45,10 +45,7 @@ func (c *Collector) telemetryMonitors(reg prometheus.Registerer) ([]monitor, *ex
 	m := newMonitorMetrics(reg)
 	var mons []monitor
 	if s, ok := c.docker.(statsAPI); ok && c.cfg.ResourceInterval > 0 {
-		mons = append(mons, &resourceMonitor{
-			docker: s, host: c.host, interval: c.cfg.ResourceInterval, log: c.log,
-			errors: c.m.dockerErrors.WithLabelValues("stats"),
-		})
+		mons = append(mons, newResourceMonitor(s, &c.cfg, c.host, c.log, c.m.dockerErrors.WithLabelValues("stats"), reg))
 	}
 	if l, ok := c.docker.(logsAPI); ok && c.cfg.Logs {
 		mons = append(mons, &logMonitor{
@@ -179,6 +176,7 @@ func (c *Config) registerMonitorFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ExposureInterval, "exposure-interval", 5*time.Minute, "how often the Docker Engine API's TCP exposure is checked (0 disables)")
 	fs.StringVar(&c.ExposureProbePorts, "exposure-probe-ports", "2375,2376", "comma-separated ports probed on 127.0.0.1 (only) for an Engine API answering without TLS")
 	fs.StringVar(&c.HostProc, "host-proc", "/proc", "the host's /proc (mount it, and run in the host's PID namespace, when the collector runs in a container)")
+	fs.StringVar(&c.HostCgroup, "host-cgroup", "/sys/fs/cgroup", "the host's cgroup mount: resource samples are read from containers' cgroup files there when readable, else asked of the Engine API (empty: always the Engine API)")
 }
 
 func (c *Config) validateMonitors() error {

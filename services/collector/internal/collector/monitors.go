@@ -165,14 +165,14 @@ func (w *warnOnce) fail(msg string, args ...any) {
 func (w *warnOnce) ok() { w.failing = false }
 
 func (c *Config) registerMonitorFlags(fs *flag.FlagSet) {
-	fs.DurationVar(&c.ResourceInterval, "resource-interval", 10*time.Second, "how often each running container's CPU, memory, pids, network and block I/O are sampled (0 disables)")
+	fs.DurationVar(&c.ResourceInterval, "resource-interval", 30*time.Second, "how often each running container's CPU, memory, pids, network and block I/O are sampled (0 disables)")
 	fs.BoolVar(&c.Logs, "logs", true, "follow each running container's stdout and stderr and publish them as log batches")
 	fs.IntVar(&c.LogBatchLines, "log-batch-lines", 100, "log lines per batch at most (1 to 256)")
 	fs.DurationVar(&c.LogBatchInterval, "log-batch-interval", time.Second, "how long a log line waits for its batch to fill before the batch is published")
 	fs.IntVar(&c.LogMaxLinesPerSecond, "log-max-lines-per-second", 1000, "log lines per second published per container at most; the rest are dropped and counted")
 	fs.DurationVar(&c.DiffInterval, "diff-interval", 30*time.Second, "how often each running container's filesystem changes (docker diff) are compared with the previous look (0 disables)")
 	fs.IntVar(&c.DiffMaxChanges, "diff-max-changes", 1000, "file events per container per look at most; the rest follow at later looks")
-	fs.DurationVar(&c.SocketInterval, "socket-interval", 5*time.Second, "how often each running container's socket tables are read for new listeners and connections (0 disables)")
+	fs.DurationVar(&c.SocketInterval, "socket-interval", 10*time.Second, "how often each running container's socket tables are read for new listeners and connections (0 disables)")
 	fs.DurationVar(&c.ExposureInterval, "exposure-interval", 5*time.Minute, "how often the Docker Engine API's TCP exposure is checked (0 disables)")
 	fs.StringVar(&c.ExposureProbePorts, "exposure-probe-ports", "2375,2376", "comma-separated ports probed on 127.0.0.1 (only) for an Engine API answering without TLS")
 	fs.StringVar(&c.HostProc, "host-proc", "/proc", "the host's /proc (mount it, and run in the host's PID namespace, when the collector runs in a container)")

@@ -106,6 +106,11 @@ func (e *Event) bound(dry bool) bool {
 			c.Mounts[i].Destination = b.s(c.Mounts[i].Destination, MaxPath)
 		}
 		c.PublishedPorts = capList(&b, c.PublishedPorts)
+		c.Devices = capList(&b, c.Devices)
+		for i := range c.Devices {
+			c.Devices[i].PathOnHost = b.s(c.Devices[i].PathOnHost, MaxPath)
+			c.Devices[i].PathInContainer = b.s(c.Devices[i].PathInContainer, MaxPath)
+		}
 	}
 	if l := e.Whalewatch.Log; l != nil {
 		l.Lines = b.listN(l.Lines, MaxLogLines, MaxLogLine)

@@ -314,6 +314,7 @@ type ContainerConfig struct {
 	ReadonlyRootfs  bool     `json:"readonly_rootfs"`
 	SecurityOpt     []string `json:"security_opt,omitempty"`
 	Mounts          []Mount  `json:"mounts,omitempty"`
+	Devices         []Device `json:"devices,omitempty"`
 	Entrypoint      []string `json:"entrypoint,omitempty"`
 	Cmd             []string `json:"cmd,omitempty"`
 	MemoryLimit     int64    `json:"memory_limit,omitempty"`
@@ -331,6 +332,13 @@ type Mount struct {
 	Source      string `json:"source,omitempty"`
 	Destination string `json:"destination"`
 	ReadOnly    bool   `json:"read_only"`
+}
+
+// Device is one host device made available in the container (--device).
+type Device struct {
+	PathOnHost      string `json:"path_on_host"`
+	PathInContainer string `json:"path_in_container,omitempty"`
+	Permissions     string `json:"permissions,omitempty"` // cgroup permissions: r, w, m
 }
 
 // Port is one published port.

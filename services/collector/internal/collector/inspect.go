@@ -61,6 +61,7 @@ func (ci *containerInfo) config() *event.ContainerConfig {
 	c.Cmd = slices.Clone(c.Cmd)
 	c.Mounts = slices.Clone(c.Mounts)
 	c.PublishedPorts = slices.Clone(c.PublishedPorts)
+	c.Devices = slices.Clone(c.Devices)
 	return &c
 }
 
@@ -128,6 +129,9 @@ func mapHostConfig(c *event.ContainerConfig, h *container.HostConfig) {
 	c.ReadonlyRootfs = h.ReadonlyRootfs
 	c.SecurityOpt = h.SecurityOpt
 	c.NoNewPrivileges = noNewPrivileges(h.SecurityOpt)
+	for _, d := range h.Devices {
+		c.Devices = append(c.Devices, event.Device{PathOnHost: d.PathOnHost, PathInContainer: d.PathInContainer, Permissions: d.CgroupPermissions})
+	}
 	c.MemoryLimit = h.Memory
 	c.NanoCPUs = h.NanoCPUs
 	if h.PidsLimit != nil && *h.PidsLimit > 0 {

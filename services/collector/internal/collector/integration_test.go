@@ -280,7 +280,7 @@ func TestIntegrationHostileInputArrivesBounded(t *testing.T) {
 func TestIntegrationConfigAtCreate(t *testing.T) {
 	t.Parallel()
 	h := startCollector(t)
-	id := dockertest.Create(t, []string{"--privileged", "--cap-add", "SYS_ADMIN", "-v", "/etc:/host-etc:ro"}, "sleep", "300")
+	id := dockertest.Create(t, []string{"--privileged", "--cap-add", "SYS_ADMIN", "-v", "/etc:/host-etc:ro", "--device", "/dev/null:/dev/xnull:r"}, "sleep", "300")
 
 	h.wait(t, "lifecycle create", and(of(id, event.TelemetryLifecycle), action("create")))
 	cfg := h.wait(t, "config at create", of(id, event.TelemetryConfig))
@@ -299,4 +299,5 @@ func TestIntegrationConfigAtCreate(t *testing.T) {
 	require.NotNil(t, etc, "mounts %+v", c.Mounts)
 	require.Equal(t, "/etc", etc.Source)
 	require.True(t, etc.ReadOnly)
+	require.Equal(t, []event.Device{{PathOnHost: "/dev/null", PathInContainer: "/dev/xnull", Permissions: "r"}}, c.Devices)
 }

@@ -130,25 +130,26 @@ type WhalewatchEnv struct {
 
 // ConfigEnv is whalewatch.config.*; `present` is false on other telemetry.
 type ConfigEnv struct {
-	Present         bool       `expr:"present"`
-	User            string     `expr:"user"`
-	Privileged      bool       `expr:"privileged"`
-	CapAdd          []string   `expr:"cap_add"`
-	PIDMode         string     `expr:"pid_mode"`
-	NetworkMode     string     `expr:"network_mode"`
-	IPCMode         string     `expr:"ipc_mode"`
-	ReadonlyRootfs  bool       `expr:"readonly_rootfs"`
-	SecurityOpt     []string   `expr:"security_opt"`
-	Mounts          []MountEnv `expr:"mounts"`
-	Entrypoint      []string   `expr:"entrypoint"`
-	Cmd             []string   `expr:"cmd"`
-	MemoryLimit     int64      `expr:"memory_limit"`
-	NanoCPUs        int64      `expr:"nano_cpus"`
-	PidsLimit       int64      `expr:"pids_limit"`
-	RestartPolicy   string     `expr:"restart_policy"`
-	PublishedPorts  []PortEnv  `expr:"published_ports"`
-	ImageID         string     `expr:"image_id"`
-	NoNewPrivileges bool       `expr:"no_new_privileges"`
+	Present         bool        `expr:"present"`
+	User            string      `expr:"user"`
+	Privileged      bool        `expr:"privileged"`
+	CapAdd          []string    `expr:"cap_add"`
+	PIDMode         string      `expr:"pid_mode"`
+	NetworkMode     string      `expr:"network_mode"`
+	IPCMode         string      `expr:"ipc_mode"`
+	ReadonlyRootfs  bool        `expr:"readonly_rootfs"`
+	SecurityOpt     []string    `expr:"security_opt"`
+	Mounts          []MountEnv  `expr:"mounts"`
+	Devices         []DeviceEnv `expr:"devices"`
+	Entrypoint      []string    `expr:"entrypoint"`
+	Cmd             []string    `expr:"cmd"`
+	MemoryLimit     int64       `expr:"memory_limit"`
+	NanoCPUs        int64       `expr:"nano_cpus"`
+	PidsLimit       int64       `expr:"pids_limit"`
+	RestartPolicy   string      `expr:"restart_policy"`
+	PublishedPorts  []PortEnv   `expr:"published_ports"`
+	ImageID         string      `expr:"image_id"`
+	NoNewPrivileges bool        `expr:"no_new_privileges"`
 }
 
 // MountEnv is one element of whalewatch.config.mounts.
@@ -157,6 +158,13 @@ type MountEnv struct {
 	Source      string `expr:"source"`
 	Destination string `expr:"destination"`
 	ReadOnly    bool   `expr:"read_only"`
+}
+
+// DeviceEnv is one element of whalewatch.config.devices.
+type DeviceEnv struct {
+	PathOnHost      string `expr:"path_on_host"`
+	PathInContainer string `expr:"path_in_container"`
+	Permissions     string `expr:"permissions"`
 }
 
 // PortEnv is one element of whalewatch.config.published_ports.
@@ -299,6 +307,12 @@ func configEnv(c *event.ContainerConfig) ConfigEnv {
 		ce.Mounts = make([]MountEnv, len(c.Mounts))
 		for i, m := range c.Mounts {
 			ce.Mounts[i] = MountEnv(m)
+		}
+	}
+	if len(c.Devices) > 0 {
+		ce.Devices = make([]DeviceEnv, len(c.Devices))
+		for i, d := range c.Devices {
+			ce.Devices[i] = DeviceEnv(d)
 		}
 	}
 	if len(c.PublishedPorts) > 0 {

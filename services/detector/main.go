@@ -4,14 +4,13 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
+	"log/slog"
 	"os"
-	"os/signal"
-	"syscall"
 
-	"github.com/whalewatch/whalewatch/pkg/admin"
-	"github.com/whalewatch/whalewatch/pkg/flagenv"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/whalewatch/whalewatch/pkg/service"
 	"github.com/whalewatch/whalewatch/services/detector/internal/baselinecmd"
 	"github.com/whalewatch/whalewatch/services/detector/internal/detector"
 	"github.com/whalewatch/whalewatch/services/detector/internal/rules"
@@ -30,22 +29,7 @@ func main() {
 		os.Exit(rules.Main(os.Args[2:], os.Stdout, os.Stderr))
 	}
 	var cfg detector.Config
-	fs := flag.NewFlagSet("detector", flag.ExitOnError)
-	cfg.RegisterFlags(fs)
-	if err := flagenv.Parse(fs, os.Args[1:], nil); err != nil {
-		fmt.Fprintln(os.Stderr, "detector:", err)
-		os.Exit(2)
-	}
-	if err := cfg.Validate(); err != nil {
-		fmt.Fprintln(os.Stderr, "detector: invalid configuration:", err)
-		os.Exit(2)
-	}
-	log := cfg.Log.NewLogger(os.Stderr, "detector")
-	reg := admin.NewRegistry()
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := detector.Run(ctx, cfg, log, reg); err != nil {
-		log.Error("detector failed", "err", err)
-		os.Exit(1)
-	}
+	service.Main("detector", &cfg, &cfg.Log, func(ctx context.Context, log *slog.Logger, reg *prometheus.Registry) error {
+		return detector.Run(ctx, cfg, log, reg)
+	})
 }

@@ -13,7 +13,7 @@ require (
 	github.com/stretchr/testify v1.12.1
 	github.com/whalewatch/whalewatch/pkg v0.0.0
 	github.com/whalewatch/whalewatch/testkit v0.0.0
-	golang.org/x/sync v0.23.0
+	golang.org/x/sync v0.25.0
 	golang.org/x/sys v0.49.0
 )
 

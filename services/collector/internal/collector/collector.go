@@ -23,27 +23,23 @@ import (
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/api/types/filters"
 	"github.com/docker/docker/client"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/whalewatch/whalewatch/pkg/admin"
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/service"
 )
 
 // Run connects to NATS and the Docker engine and runs the collector until ctx
 // ends.
 func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) error {
-	nc, err := bus.Connect(cfg.NATS, "whalewatch-collector", log)
+	rt, err := service.Connect("collector", cfg.NATS, cfg.Admin, log, reg)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
+	defer rt.Close()
+	js := rt.JS
 	dc, err := NewDockerClient(cfg.DockerHost)
 	if err != nil {
 		return err
@@ -57,24 +53,11 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 	if err != nil {
 		return err
 	}
-	srv := admin.New(cfg.Admin, reg, log)
-	srv.AddCheck("nats", bus.Ready(nc))
-	srv.AddCheck("docker", col.DockerReady)
-
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Run(gctx) })
-	g.Go(func() error {
-		if err := bus.EnsureStreamsRetry(gctx, js, cfg.NATS.Streams, func(err error) {
-			log.Warn("ensuring streams, will retry", "err", err)
-		}); err != nil {
-			return nil // shutting down
-		}
-		g.Go(func() error { return responder.Run(gctx) })
-		return col.Run(gctx)
+	rt.Admin.AddCheck("docker", col.DockerReady)
+	return rt.Serve(ctx, cfg.NATS.Streams, func(ctx context.Context, g *errgroup.Group) error {
+		g.Go(func() error { return responder.Run(ctx) })
+		return col.Run(ctx)
 	})
-	err = g.Wait()
-	srv.SetStopping()
-	return err
 }
 
 // Collector watches one Docker host. Run it once.

@@ -10,13 +10,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/whalewatch/whalewatch/pkg/admin"
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/service"
 	"github.com/whalewatch/whalewatch/pkg/subject"
 	"github.com/whalewatch/whalewatch/services/detector/internal/partition"
 	"github.com/whalewatch/whalewatch/services/detector/internal/response"
@@ -26,33 +25,16 @@ import (
 
 // Run connects to NATS and runs the detector until ctx ends.
 func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) error {
-	nc, err := bus.Connect(cfg.NATS, "whalewatch-detector", log)
+	rt, err := service.Connect("detector", cfg.NATS, cfg.Admin, log, reg)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	srv := admin.New(cfg.Admin, reg, log)
-	srv.AddCheck("nats", bus.Ready(nc))
-
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Run(gctx) })
-	g.Go(func() error {
-		if err := bus.EnsureStreamsRetry(gctx, js, cfg.NATS.Streams, func(err error) {
-			log.Warn("ensuring streams, will retry", "err", err)
-		}); err != nil {
-			return nil // shutting down
-		}
-		d := New(js, cfg, log, reg)
-		g.Go(func() error { return d.engine.Run(gctx) }) // reloads rules on change
-		return d.Run(gctx)
+	defer rt.Close()
+	return rt.Serve(ctx, cfg.NATS.Streams, func(ctx context.Context, g *errgroup.Group) error {
+		d := New(rt.JS, cfg, log, reg)
+		g.Go(func() error { return d.engine.Run(ctx) }) // reloads rules on change
+		return d.Run(ctx)
 	})
-	err = g.Wait()
-	srv.SetStopping()
-	return err
 }
 
 // Detector consumes telemetry, evaluates rules and publishes threats.

@@ -11,17 +11,16 @@ package indexer
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/whalewatch/whalewatch/pkg/admin"
 	"github.com/whalewatch/whalewatch/pkg/bus"
+	"github.com/whalewatch/whalewatch/pkg/service"
 	"github.com/whalewatch/whalewatch/pkg/subject"
 )
 
@@ -50,19 +49,14 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 			log.Warn("closing the elasticsearch sink", "err", err)
 		}
 	}()
-	nc, err := bus.Connect(cfg.NATS, "whalewatch-indexer", log)
+	rt, err := service.Connect("indexer", cfg.NATS, cfg.Admin, log, reg)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
+	defer rt.Close()
+	srv := rt.Admin
 
 	var templates atomic.Bool
-	srv := admin.New(cfg.Admin, reg, log)
-	srv.AddCheck("nats", bus.Ready(nc))
 	srv.AddCheck("elasticsearch", Ping(client))
 	srv.AddCheck("templates", func(context.Context) error {
 		if !templates.Load() {
@@ -76,27 +70,17 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 	log.Info("starting", "elasticsearch", redactedAddresses(cfg.Elasticsearch), "namespace", cfg.Elasticsearch.Namespace,
 		"index_telemetry", cfg.IndexTelemetry)
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Run(gctx) })
-	g.Go(func() error {
-		if err := bus.EnsureStreamsRetry(gctx, js, cfg.NATS.Streams, func(err error) {
-			log.Warn("ensuring streams, will retry", "err", err)
-		}); err != nil {
-			return nil // shutting down
-		}
+	return rt.Serve(ctx, cfg.NATS.Streams, func(ctx context.Context, _ *errgroup.Group) error {
 		// Events wait in JetStream until the data streams will get our mappings.
-		if err := InstallTemplatesRetry(gctx, client, func(err error) {
+		if err := InstallTemplatesRetry(ctx, client, func(err error) {
 			log.Warn("installing Elasticsearch templates, will retry", "err", err)
 		}); err != nil {
 			return nil // shutting down
 		}
 		templates.Store(true)
 		log.Info("Elasticsearch templates installed", "component_template", ComponentTemplate, "index_template", IndexTemplate)
-		return New(js, sink, cfg, log, reg).Run(gctx)
+		return New(rt.JS, sink, cfg, log, reg).Run(ctx)
 	})
-	err = g.Wait()
-	srv.SetStopping()
-	return err
 }
 
 func redactedAddresses(c ESConfig) []string {

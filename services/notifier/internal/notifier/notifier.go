@@ -12,13 +12,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/whalewatch/whalewatch/pkg/admin"
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/service"
 	"github.com/whalewatch/whalewatch/pkg/subject"
 )
 
@@ -40,44 +39,28 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		}
 	}()
 
-	nc, err := bus.Connect(cfg.NATS, "whalewatch-notifier", log)
+	rt, err := service.Connect("notifier", cfg.NATS, cfg.Admin, log, reg)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	srv := admin.New(cfg.Admin, reg, log)
-	srv.AddCheck("nats", bus.Ready(nc))
+	defer rt.Close()
 	var ledgerOpen atomic.Bool
-	srv.AddCheck("ledger", func(context.Context) error {
+	rt.Admin.AddCheck("ledger", func(context.Context) error {
 		if !ledgerOpen.Load() {
 			return fmt.Errorf("KV bucket %s not open yet", LedgerBucket)
 		}
 		return nil
 	})
 
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return srv.Run(gctx) })
-	g.Go(func() error {
-		if err := bus.EnsureStreamsRetry(gctx, js, cfg.NATS.Streams, func(err error) {
-			log.Warn("ensuring streams, will retry", "err", err)
-		}); err != nil {
-			return nil // shutting down
-		}
-		ledger, err := openLedgerRetry(gctx, js, cfg, log)
+	return rt.Serve(ctx, cfg.NATS.Streams, func(ctx context.Context, _ *errgroup.Group) error {
+		ledger, err := openLedgerRetry(ctx, rt.JS, cfg, log)
 		if err != nil {
 			return nil // shutting down
 		}
 		ledgerOpen.Store(true)
 		log.Info("notifying", "sinks", fmt.Sprint(sink), "min_severity", cfg.MinSeverity)
-		return New(js, ledger, sink, cfg, log, reg).Run(gctx)
+		return New(rt.JS, ledger, sink, cfg, log, reg).Run(ctx)
 	})
-	err = g.Wait()
-	srv.SetStopping()
-	return err
 }
 
 // openLedgerRetry opens the ledger, retrying until NATS answers or ctx ends.

@@ -1,0 +1,64 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/whalewatch/whalewatch/pkg/admin"
+	"github.com/whalewatch/whalewatch/pkg/bus"
+)
+
+// Runtime is what every service builds first: its NATS connection and its
+// admin endpoint, which already checks NATS for readiness. Services add their
+// own readiness checks to Admin before Serve.
+type Runtime struct {
+	Conn  *nats.Conn
+	JS    jetstream.JetStream
+	Admin *admin.Server
+	log   *slog.Logger
+}
+
+// Connect connects to NATS as "whalewatch-<name>" (retrying in the background
+// when the server is not up yet) and builds the admin endpoint.
+func Connect(name string, natsCfg bus.Config, adminCfg admin.Config, log *slog.Logger, reg *prometheus.Registry) (*Runtime, error) {
+	nc, err := bus.Connect(natsCfg, "whalewatch-"+name, log)
+	if err != nil {
+		return nil, err
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	srv := admin.New(adminCfg, reg, log)
+	srv.AddCheck("nats", bus.Ready(nc))
+	return &Runtime{Conn: nc, JS: js, Admin: srv, log: log}, nil
+}
+
+// Close closes the NATS connection.
+func (rt *Runtime) Close() { rt.Conn.Close() }
+
+// Serve runs the admin endpoint and, once the streams exist (retrying until
+// NATS answers), work, which may start more goroutines on g. It returns when
+// ctx ends or any of them fails; readiness answers 503 from then on.
+func (rt *Runtime) Serve(ctx context.Context, streams bus.StreamsConfig, work func(ctx context.Context, g *errgroup.Group) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return rt.Admin.Run(gctx) })
+	g.Go(func() error {
+		if err := bus.EnsureStreamsRetry(gctx, rt.JS, streams, func(err error) {
+			rt.log.Warn("ensuring streams, will retry", "err", err)
+		}); err != nil {
+			return nil // shutting down
+		}
+		return work(gctx, g)
+	})
+	err := g.Wait()
+	rt.Admin.SetStopping()
+	return err
+}

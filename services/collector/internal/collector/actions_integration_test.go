@@ -1,7 +1,6 @@
 package collector
 
 import (
-	"context"
 	"log/slog"
 	"strings"
 	"sync"
@@ -72,18 +71,7 @@ func startResponder(t *testing.T, mode string) *responseHarness {
 	require.NoError(t, err)
 	t.Cleanup(cc.Stop)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(waitFor):
-			t.Error("responder did not stop")
-		}
-	})
+	runUntilCleanup(t, "responder", r.Run)
 	return h
 }
 

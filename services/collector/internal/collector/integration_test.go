@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/docker/docker/client"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
@@ -46,6 +47,16 @@ type harness struct {
 func startCollector(t *testing.T, opts ...func(*Config)) *harness {
 	t.Helper()
 	dockertest.BusyboxImage(t) // skips without an engine
+	dc, err := NewDockerClient("")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = dc.Close() })
+	return startCollectorWith(t, dc, opts...)
+}
+
+// startCollectorWith runs a collector on dc against an in-process JetStream
+// server and records what it stores, until the test ends.
+func startCollectorWith(t *testing.T, dc *client.Client, opts ...func(*Config)) *harness {
+	t.Helper()
 	s := natstest.Server(t)
 	_, js := natstest.Connect(t, s)
 
@@ -58,9 +69,6 @@ func startCollector(t *testing.T, opts ...func(*Config)) *harness {
 	}
 	require.NoError(t, bus.EnsureStreams(t.Context(), js, cfg.NATS.Streams))
 
-	dc, err := NewDockerClient("")
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = dc.Close() })
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	reg := prometheus.NewRegistry()
 	c, err := New(dc, js, cfg, log, reg)
@@ -84,17 +92,8 @@ func startCollector(t *testing.T, opts ...func(*Config)) *harness {
 	require.NoError(t, err)
 	t.Cleanup(cc.Stop)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
+	runUntilCleanup(t, "collector", c.Run)
 	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(waitFor):
-			t.Error("collector did not stop")
-		}
 		h.mu.Lock()
 		defer h.mu.Unlock()
 		require.Empty(t, h.invalid, "every stored document decodes and validates")
@@ -105,6 +104,24 @@ func startCollector(t *testing.T, opts ...func(*Config)) *harness {
 		t.Fatal("collector did not list the running containers")
 	}
 	return h
+}
+
+// runUntilCleanup runs run in the background until the test ends, then
+// cancels it and requires that it returns nil within waitFor.
+func runUntilCleanup(t *testing.T, what string, run func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(waitFor):
+			t.Errorf("%s did not stop", what)
+		}
+	})
 }
 
 // wait returns the first stored event matching ok, failing the test after waitFor.

@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/docker/docker/client"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,7 +21,6 @@ import (
 
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
-	"github.com/whalewatch/whalewatch/pkg/subject"
 	"github.com/whalewatch/whalewatch/testkit/dockertest"
 	"github.com/whalewatch/whalewatch/testkit/natstest"
 )
@@ -111,55 +109,6 @@ func (p *socketProxy) cut() {
 	}
 }
 
-// startCollectorWith is startCollector with the given Docker client.
-func startCollectorWith(t *testing.T, dc *client.Client) *harness {
-	t.Helper()
-	s := natstest.Server(t)
-	_, js := natstest.Connect(t, s)
-	cfg := testConfig(t)
-	cfg.HostName = "out-" + event.NewID()[:8]
-	cfg.ProcessPollInterval = time.Second
-	require.NoError(t, bus.EnsureStreams(t.Context(), js, cfg.NATS.Streams))
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := New(dc, js, cfg, log, prometheus.NewRegistry())
-	require.NoError(t, err)
-	h := &harness{host: cfg.HostName, c: c}
-	cons, err := js.OrderedConsumer(t.Context(), bus.StreamTelemetry, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{subject.TelemetryPrefix + "." + h.host + ".>"},
-	})
-	require.NoError(t, err)
-	cc, err := cons.Consume(func(m jetstream.Msg) {
-		e, err := event.Decode(m.Data())
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		if err != nil {
-			h.invalid = append(h.invalid, err)
-			return
-		}
-		h.got = append(h.got, stored{m.Subject(), e})
-	})
-	require.NoError(t, err)
-	t.Cleanup(cc.Stop)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			require.NoError(t, err)
-		case <-time.After(waitFor):
-			t.Error("collector did not stop")
-		}
-	})
-	select {
-	case <-c.synced:
-	case <-time.After(waitFor):
-		t.Fatal("collector did not list the running containers")
-	}
-	return h
-}
-
 // The engine goes away (a proxy in front of its socket is cut), a container
 // starts meanwhile, the engine comes back: the collector reconnects, re-lists
 // and reports the container it could not see start.
@@ -170,7 +119,10 @@ func TestIntegrationDockerOutage(t *testing.T) {
 	dc, err := NewDockerClient("unix://" + p.path)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = dc.Close() })
-	h := startCollectorWith(t, dc)
+	h := startCollectorWith(t, dc, func(c *Config) {
+		c.ProcessPollInterval = time.Second
+		c.ProcessSource = ModeAuto
+	})
 
 	p.cut()
 	natstest.Eventually(t, waitFor, func() bool {

@@ -22,6 +22,9 @@ const (
 	MaxListItems   = 256      // tags, mounts, ports, capabilities, ...
 	MaxLogLine     = 4096     // one log line
 	MaxLogLines    = 256      // lines in one log batch
+	MaxAncestry    = 16       // ancestors kept in whalewatch.ancestry
+	MaxEvidence    = 32       // items of each whalewatch.evidence list
+	MaxSyscallArgs = 8        // whalewatch.syscall.args kept
 )
 
 // Ellipsis marks a value that Bound shortened.
@@ -91,8 +94,38 @@ func (e *Event) bound(dry bool) bool {
 			p.User.Name = b.s(p.User.Name, MaxName)
 		}
 	}
+	if p := e.Process; p != nil && p.Hash != nil {
+		p.Hash.SHA256 = b.s(p.Hash.SHA256, MaxName)
+	}
 	if f := e.File; f != nil {
 		f.Path = b.s(f.Path, MaxPath)
+		f.TargetPath = b.s(f.TargetPath, MaxPath)
+	}
+	if fc := e.Whalewatch.FileChange; fc != nil {
+		fc.Operation = b.s(fc.Operation, MaxName)
+		fc.Mode = b.s(fc.Mode, MaxName)
+	}
+	if sc := e.Whalewatch.Syscall; sc != nil {
+		sc.Name = b.s(sc.Name, MaxName)
+		sc.Errno = b.s(sc.Errno, MaxName)
+		sc.Args = b.listN(sc.Args, MaxSyscallArgs, MaxPath)
+	}
+	e.Whalewatch.Ancestry = capListN(&b, e.Whalewatch.Ancestry, MaxAncestry)
+	for i := range e.Whalewatch.Ancestry {
+		a := &e.Whalewatch.Ancestry[i]
+		a.Name = b.s(a.Name, MaxName)
+		a.Executable = b.s(a.Executable, MaxPath)
+		a.CommandLine = b.s(a.CommandLine, MaxCommandLine)
+	}
+	if ev := e.Whalewatch.Evidence; ev != nil {
+		ev.LogLines = b.listN(ev.LogLines, MaxEvidence, MaxLogLine)
+		ev.FileChanges = b.listN(ev.FileChanges, MaxEvidence, MaxPath)
+		ev.Connections = b.listN(ev.Connections, MaxEvidence, MaxName)
+		ev.Processes = b.listN(ev.Processes, MaxEvidence, MaxCommandLine)
+	}
+	if in := e.Whalewatch.Incident; in != nil {
+		in.ID = b.s(in.ID, MaxName)
+		in.Rules = b.listN(in.Rules, MaxEvidence, MaxName)
 	}
 	if c := e.Whalewatch.Config; c != nil {
 		c.User = b.s(c.User, MaxName)

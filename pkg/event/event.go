@@ -30,7 +30,7 @@ import (
 
 // SchemaVersion is written to whalewatch.schema_version. Bump the minor version
 // for additive changes, the major version for anything a consumer could misread.
-const SchemaVersion = "1.1"
+const SchemaVersion = "1.2"
 
 // SchemaMajor is the major part of SchemaVersion; consumers accept any minor.
 const SchemaMajor = "1"
@@ -55,12 +55,16 @@ const (
 	TelemetryLog       Telemetry = "log"       // a batch of stdout/stderr lines
 	TelemetryFile      Telemetry = "file"      // filesystem changes since the last look
 	TelemetryNetwork   Telemetry = "network"   // socket changes (listen, connect)
+	// TelemetrySyscall is a security-relevant system call of a container
+	// process seen by the kernel sensor (mount, ptrace, unshare, init_module,
+	// setuid, ...), successful or refused: whalewatch.syscall holds it.
+	TelemetrySyscall Telemetry = "syscall"
 )
 
 // Telemetries lists every telemetry kind, in a stable order.
 var Telemetries = []Telemetry{
 	TelemetryLifecycle, TelemetryConfig, TelemetryProcess, TelemetryResource,
-	TelemetryLog, TelemetryFile, TelemetryNetwork,
+	TelemetryLog, TelemetryFile, TelemetryNetwork, TelemetrySyscall,
 }
 
 // Valid reports whether t is a known telemetry kind.
@@ -148,6 +152,9 @@ type ImageHash struct {
 // Process is ECS process.*. PIDs are as seen from the host's PID namespace
 // (docker top and /proc on the host both report host PIDs).
 type Process struct {
+	// EntityID identifies one process across its lifetime and across hosts
+	// (ECS process.entity_id): stable for a (host, pid, start time).
+	EntityID         string    `json:"entity_id,omitempty"`
 	PID              int       `json:"pid,omitempty"`
 	Name             string    `json:"name,omitempty"`
 	Executable       string    `json:"executable,omitempty"`
@@ -158,6 +165,16 @@ type Process struct {
 	Start            time.Time `json:"start,omitzero"`
 	Parent           *Parent   `json:"parent,omitempty"`
 	User             *User     `json:"user,omitempty"`
+	// Hash is the executable's digest (ECS process.hash.*), read with a
+	// bounded read of /proc/<pid>/exe; absent when it could not be read.
+	Hash *Hash `json:"hash,omitempty"`
+	// ExitCode is set on process end events (ECS process.exit_code).
+	ExitCode *int `json:"exit_code,omitempty"`
+}
+
+// Hash is ECS *.hash.*.
+type Hash struct {
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Parent is ECS process.parent.*.
@@ -183,9 +200,12 @@ type Endpoint struct {
 // File is ECS file.*.
 type File struct {
 	Path string `json:"path"`
-	Type string `json:"type,omitempty"` // file, dir, symlink
-	Size int64  `json:"size,omitempty"`
-	Mode string `json:"mode,omitempty"` // octal, e.g. "0755"
+	// TargetPath is the target of a link or symlink, or the new path of a
+	// rename (ECS file.target_path).
+	TargetPath string `json:"target_path,omitempty"`
+	Type       string `json:"type,omitempty"` // file, dir, symlink
+	Size       int64  `json:"size,omitempty"`
+	Mode       string `json:"mode,omitempty"` // octal, e.g. "0755"
 }
 
 // Network is ECS network.*.
@@ -252,6 +272,72 @@ type Whalewatch struct {
 	Socket *Socket `json:"socket,omitempty"`
 	// DockerAPI is host-scoped config telemetry about the Engine API exposure.
 	DockerAPI *DockerAPI `json:"docker_api,omitempty"`
+	// Syscall is the system call behind an event the kernel sensor saw (file,
+	// network and syscall telemetry), with its result: a refused call is an
+	// attempt, and attempts are telemetry too (event.outcome "failure").
+	Syscall *Syscall `json:"syscall,omitempty"`
+	// Ancestry is the process's ancestors, parent first, as far as the
+	// collector knows them (at most MaxAncestry).
+	Ancestry []Ancestor `json:"ancestry,omitempty"`
+	// Stdio tells what the process's standard streams are at exec: a shell
+	// whose stdin is a socket is a network shell whatever it is called.
+	Stdio *Stdio `json:"stdio,omitempty"`
+	// Evidence is what a threat carries for an analyst to judge it.
+	Evidence *Evidence `json:"evidence,omitempty"`
+	// Incident groups the threats of one attack on one container.
+	Incident *Incident `json:"incident,omitempty"`
+}
+
+// Syscall is one system call of a container process, as the kernel sensor
+// saw it on the way out.
+type Syscall struct {
+	Name string `json:"name"` // the call's name: openat, connect, mount, ptrace, unshare, ...
+	// Args are the call's decoded arguments worth reading (paths, flags by
+	// name, target pids, namespace flags), in the call's order, each bounded.
+	Args []string `json:"args,omitempty"`
+	// Return is the call's return value; negative errno when it failed.
+	Return int64 `json:"return"`
+	// Errno names the error of a failed call (EPERM, EROFS, ECONNREFUSED);
+	// empty when the call succeeded.
+	Errno string `json:"errno,omitempty"`
+}
+
+// Ancestor is one ancestor of a process.
+type Ancestor struct {
+	PID         int    `json:"pid,omitempty"`
+	Name        string `json:"name,omitempty"`
+	Executable  string `json:"executable,omitempty"`
+	CommandLine string `json:"command_line,omitempty"`
+}
+
+// Stdio says what a process's standard streams are: "socket", "pipe", "tty",
+// "file", "null" or "other"; empty when unknown.
+type Stdio struct {
+	Stdin  string `json:"stdin,omitempty"`
+	Stdout string `json:"stdout,omitempty"`
+	Stderr string `json:"stderr,omitempty"`
+}
+
+// Evidence is what a threat carries so that an analyst can judge it without
+// searching: the process's ancestry with argv (in whalewatch.ancestry of the
+// threat itself), the container's last log lines and its recent file and
+// connection activity, each bounded.
+type Evidence struct {
+	LogLines    []string `json:"log_lines,omitempty"`    // last lines, oldest first, at most MaxEvidence
+	FileChanges []string `json:"file_changes,omitempty"` // "write /etc/passwd", most recent last
+	Connections []string `json:"connections,omitempty"`  // "connect 127.0.0.1:4444 tcp", most recent last
+	Processes   []string `json:"processes,omitempty"`    // recent command lines of the container
+}
+
+// Incident groups threats: every threat of one rule on one container within
+// a window, and every threat of a chain on one container (drop, exec,
+// connect, ...), share one incident id. The first threat of an incident
+// opens it; later ones carry the running count.
+type Incident struct {
+	ID    string    `json:"id"`
+	Count int       `json:"count"`           // threats in the incident so far, this one included
+	First time.Time `json:"first,omitzero"`  // when the incident opened
+	Rules []string  `json:"rules,omitempty"` // rules that have fired in it so far
 }
 
 // Resource is one resource sample of a container. Counters are cumulative
@@ -282,15 +368,29 @@ type LogBatch struct {
 	Truncated int `json:"truncated,omitempty"`
 }
 
-// FileChange is one change `docker diff` reported since the previous look.
+// FileChange qualifies file telemetry. From `docker diff` (reconciliation)
+// only Kind is known; from the kernel sensor Operation says what the process
+// did, at once, and whalewatch.syscall says whether the kernel allowed it.
 type FileChange struct {
 	Kind       string `json:"kind"`                 // added, changed, deleted
 	Executable bool   `json:"executable,omitempty"` // any execute bit set, where readable
+	// Operation is what the process did: write (opened for writing), create,
+	// truncate, rename, unlink, chmod, link, symlink, or read (an open for
+	// reading of a sensitive path).
+	Operation string `json:"operation,omitempty"`
+	// Mode is the new mode of a chmod or create, octal ("04755").
+	Mode string `json:"mode,omitempty"`
+	// Setuid and Setgid are set when a chmod or create sets those bits.
+	Setuid bool `json:"setuid,omitempty"`
+	Setgid bool `json:"setgid,omitempty"`
 }
 
 // Socket is one socket state change of a container.
 type Socket struct {
-	State string `json:"state"` // listen, established, syn_sent, closed
+	// State is listen, established, syn_sent or closed (socket tables and TCP
+	// state changes), or connect / accept (the system calls, seen by the
+	// kernel sensor whether or not they succeeded).
+	State string `json:"state"`
 }
 
 // DockerAPI tells whether the Docker Engine API is reachable over TCP.

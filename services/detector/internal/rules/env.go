@@ -36,6 +36,7 @@ type MetaEnv struct {
 	Type     []string `expr:"type"`
 	Action   string   `expr:"action"`
 	Dataset  string   `expr:"dataset"`
+	Outcome  string   `expr:"outcome"` // success or failure for kernel-sensor events
 }
 
 // HostEnv is host.*.
@@ -103,10 +104,11 @@ type EndpointEnv struct {
 
 // FileEnv is file.*.
 type FileEnv struct {
-	Path string `expr:"path"`
-	Type string `expr:"type"`
-	Size int64  `expr:"size"`
-	Mode string `expr:"mode"`
+	Path       string `expr:"path"`
+	TargetPath string `expr:"target_path"`
+	Type       string `expr:"type"`
+	Size       int64  `expr:"size"`
+	Mode       string `expr:"mode"`
 }
 
 // NetworkEnv is network.*.
@@ -126,6 +128,8 @@ type WhalewatchEnv struct {
 	FileChange FileChangeEnv `expr:"file_change"`
 	Socket     SocketEnv     `expr:"socket"`
 	DockerAPI  DockerAPIEnv  `expr:"docker_api"`
+	Syscall    SyscallEnv    `expr:"syscall"`
+	Stdio      StdioEnv      `expr:"stdio"`
 }
 
 // ConfigEnv is whalewatch.config.*; `present` is false on other telemetry.
@@ -203,6 +207,27 @@ type LogEnv struct {
 type FileChangeEnv struct {
 	Kind       string `expr:"kind"`
 	Executable bool   `expr:"executable"`
+	Operation  string `expr:"operation"`
+	Mode       string `expr:"mode"`
+	Setuid     bool   `expr:"setuid"`
+	Setgid     bool   `expr:"setgid"`
+}
+
+// SyscallEnv is whalewatch.syscall.*; `present` is false when the event did
+// not come from the kernel sensor.
+type SyscallEnv struct {
+	Present bool     `expr:"present"`
+	Name    string   `expr:"name"`
+	Args    []string `expr:"args"`
+	Return  int64    `expr:"return"`
+	Errno   string   `expr:"errno"`
+}
+
+// StdioEnv is whalewatch.stdio.*.
+type StdioEnv struct {
+	Stdin  string `expr:"stdin"`
+	Stdout string `expr:"stdout"`
+	Stderr string `expr:"stderr"`
 }
 
 // SocketEnv is whalewatch.socket.*.
@@ -228,7 +253,7 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 		Tags:      e.Tags,
 		Event: MetaEnv{
 			ID: e.Event.ID, Kind: string(e.Event.Kind), Category: e.Event.Category, Type: e.Event.Type,
-			Action: e.Event.Action, Dataset: e.Event.Dataset,
+			Action: e.Event.Action, Dataset: e.Event.Dataset, Outcome: e.Event.Outcome,
 		},
 		Host:       HostEnv{Name: e.Host.Name},
 		Whalewatch: WhalewatchEnv{Telemetry: string(e.Whalewatch.Telemetry), Source: e.Whalewatch.Source},
@@ -258,7 +283,7 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 		env.Destination = EndpointEnv{IP: d.IP, Port: d.Port, Address: d.Address}
 	}
 	if f := e.File; f != nil {
-		env.File = FileEnv{Path: f.Path, Type: f.Type, Size: f.Size, Mode: f.Mode}
+		env.File = FileEnv{Path: f.Path, TargetPath: f.TargetPath, Type: f.Type, Size: f.Size, Mode: f.Mode}
 	}
 	if n := e.Network; n != nil {
 		env.Network = NetworkEnv{Transport: n.Transport, Type: n.Type, Direction: n.Direction}
@@ -278,6 +303,12 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 	}
 	if s := w.Socket; s != nil {
 		env.Whalewatch.Socket = SocketEnv(*s)
+	}
+	if sc := w.Syscall; sc != nil {
+		env.Whalewatch.Syscall = SyscallEnv{Present: true, Name: sc.Name, Args: sc.Args, Return: sc.Return, Errno: sc.Errno}
+	}
+	if sio := w.Stdio; sio != nil {
+		env.Whalewatch.Stdio = StdioEnv(*sio)
 	}
 	if a := w.DockerAPI; a != nil {
 		env.Whalewatch.DockerAPI = DockerAPIEnv{Present: true, Address: a.Address, TLS: a.TLS, Reachable: a.Reachable, Version: a.Version}

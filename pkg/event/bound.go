@@ -133,6 +133,7 @@ func (e *Event) bound(dry bool) bool {
 		c.SecurityOpt = b.list(c.SecurityOpt, MaxName)
 		c.Entrypoint = b.list(c.Entrypoint, MaxArg)
 		c.Cmd = b.list(c.Cmd, MaxArg)
+		c.Healthcheck = b.list(c.Healthcheck, MaxArg)
 		c.Mounts = capList(&b, c.Mounts)
 		for i := range c.Mounts {
 			c.Mounts[i].Source = b.s(c.Mounts[i].Source, MaxPath)

@@ -405,18 +405,22 @@ type DockerAPI struct {
 // The collector fills what the Docker API reports; the detector's configuration
 // rules read it.
 type ContainerConfig struct {
-	User            string   `json:"user,omitempty"`
-	Privileged      bool     `json:"privileged"`
-	CapAdd          []string `json:"cap_add,omitempty"`
-	PIDMode         string   `json:"pid_mode,omitempty"`
-	NetworkMode     string   `json:"network_mode,omitempty"`
-	IPCMode         string   `json:"ipc_mode,omitempty"`
-	ReadonlyRootfs  bool     `json:"readonly_rootfs"`
-	SecurityOpt     []string `json:"security_opt,omitempty"`
-	Mounts          []Mount  `json:"mounts,omitempty"`
-	Devices         []Device `json:"devices,omitempty"`
-	Entrypoint      []string `json:"entrypoint,omitempty"`
-	Cmd             []string `json:"cmd,omitempty"`
+	User           string   `json:"user,omitempty"`
+	Privileged     bool     `json:"privileged"`
+	CapAdd         []string `json:"cap_add,omitempty"`
+	PIDMode        string   `json:"pid_mode,omitempty"`
+	NetworkMode    string   `json:"network_mode,omitempty"`
+	IPCMode        string   `json:"ipc_mode,omitempty"`
+	ReadonlyRootfs bool     `json:"readonly_rootfs"`
+	SecurityOpt    []string `json:"security_opt,omitempty"`
+	Mounts         []Mount  `json:"mounts,omitempty"`
+	Devices        []Device `json:"devices,omitempty"`
+	Entrypoint     []string `json:"entrypoint,omitempty"`
+	Cmd            []string `json:"cmd,omitempty"`
+	// Healthcheck is the container's configured health check test, as Docker
+	// keeps it (["CMD-SHELL", "curl -f localhost"] or ["CMD", "pg_isready"]);
+	// empty when the container has none.
+	Healthcheck     []string `json:"healthcheck,omitempty"`
 	MemoryLimit     int64    `json:"memory_limit,omitempty"`
 	NanoCPUs        int64    `json:"nano_cpus,omitempty"`
 	PidsLimit       int64    `json:"pids_limit,omitempty"`

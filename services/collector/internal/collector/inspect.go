@@ -59,6 +59,7 @@ func (ci *containerInfo) config() *event.ContainerConfig {
 	c.SecurityOpt = slices.Clone(c.SecurityOpt)
 	c.Entrypoint = slices.Clone(c.Entrypoint)
 	c.Cmd = slices.Clone(c.Cmd)
+	c.Healthcheck = slices.Clone(c.Healthcheck)
 	c.Mounts = slices.Clone(c.Mounts)
 	c.PublishedPorts = slices.Clone(c.PublishedPorts)
 	c.Devices = slices.Clone(c.Devices)
@@ -92,6 +93,9 @@ func infoFromInspect(in container.InspectResponse) *containerInfo {
 		ci.Config.User = c.User
 		ci.Config.Entrypoint = c.Entrypoint
 		ci.Config.Cmd = c.Cmd
+		if hc := c.Healthcheck; hc != nil && len(hc.Test) > 0 && hc.Test[0] != "NONE" {
+			ci.Config.Healthcheck = hc.Test
+		}
 	}
 	for _, m := range in.Mounts {
 		ci.Config.Mounts = append(ci.Config.Mounts, event.Mount{

@@ -154,6 +154,7 @@ type ConfigEnv struct {
 	PublishedPorts  []PortEnv   `expr:"published_ports"`
 	ImageID         string      `expr:"image_id"`
 	NoNewPrivileges bool        `expr:"no_new_privileges"`
+	Healthcheck     []string    `expr:"healthcheck"`
 }
 
 // MountEnv is one element of whalewatch.config.mounts.
@@ -332,7 +333,7 @@ func configEnv(c *event.ContainerConfig) ConfigEnv {
 		NetworkMode: c.NetworkMode, IPCMode: c.IPCMode, ReadonlyRootfs: c.ReadonlyRootfs,
 		SecurityOpt: c.SecurityOpt, Entrypoint: c.Entrypoint, Cmd: c.Cmd, MemoryLimit: c.MemoryLimit,
 		NanoCPUs: c.NanoCPUs, PidsLimit: c.PidsLimit, RestartPolicy: c.RestartPolicy, ImageID: c.ImageID,
-		NoNewPrivileges: c.NoNewPrivileges,
+		NoNewPrivileges: c.NoNewPrivileges, Healthcheck: c.Healthcheck,
 	}
 	if len(c.Mounts) > 0 {
 		ce.Mounts = make([]MountEnv, len(c.Mounts))

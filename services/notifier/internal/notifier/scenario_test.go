@@ -139,7 +139,11 @@ func (sc *scenario) start(extra map[string]string) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+		var w io.Writer = io.Discard
+		if os.Getenv("WHALEWATCH_TEST_LOG") != "" {
+			w = os.Stderr
+		}
+		done <- Run(ctx, cfg, slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug})), prometheus.NewRegistry())
 	}()
 	var once sync.Once
 	stop = func() {
@@ -187,18 +191,20 @@ func (sc *scenario) publish(es ...*event.Event) {
 // publishAsync publishes many threats fast, and waits for their acks.
 func (sc *scenario) publishAsync(es []*event.Event) {
 	sc.tb.Helper()
-	for _, e := range es {
+	for i, e := range es {
 		data, err := event.Marshal(e)
 		require.NoError(sc.tb, err)
 		msg := nats.NewMsg(subject.ForThreat(e))
 		msg.Data = data
 		_, err = sc.js.PublishMsgAsync(msg, jetstream.WithMsgID(e.Event.ID))
 		require.NoError(sc.tb, err)
-	}
-	select {
-	case <-sc.js.PublishAsyncComplete():
-	case <-time.After(time.Minute):
-		sc.tb.Fatal("publishing did not complete")
+		if i%1000 == 999 || i == len(es)-1 {
+			select {
+			case <-sc.js.PublishAsyncComplete():
+			case <-time.After(time.Minute):
+				sc.tb.Fatal("publishing did not complete")
+			}
+		}
 	}
 }
 
@@ -225,6 +231,7 @@ func distinct(n int, sev event.Severity) []*event.Event {
 	out := burst(n, n, 1, sev)
 	for i, e := range out {
 		e.Rule.ID = fmt.Sprintf("rule-%d", i)
+		e.Container.ID = event.NewID() + event.NewID() // never grouped with another call's
 	}
 	return out
 }

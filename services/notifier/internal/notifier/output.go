@@ -226,10 +226,10 @@ type result struct {
 	dead  error         // dead-letter with this reason
 }
 
-func ack() result                        { return result{ack: true} }
-func retryIn(d time.Duration) result     { return result{delay: max(d, 50*time.Millisecond)} }
-func deadLetter(err error) result        { return result{dead: err} }
-func (o *output) count(outcome string)   { o.m.alerts.WithLabelValues(o.sink.Name(), outcome).Inc() }
+func ack() result                          { return result{ack: true} }
+func retryIn(d time.Duration) result       { return result{delay: max(d, 50*time.Millisecond)} }
+func deadLetter(err error) result          { return result{dead: err} }
+func (o *output) count(outcome string)     { o.m.alerts.WithLabelValues(o.sink.Name(), outcome).Inc() }
 func jitter(d time.Duration) time.Duration { return d + rand.N(d/5+time.Millisecond) }
 
 // handle decides and does what the message's threat needs.

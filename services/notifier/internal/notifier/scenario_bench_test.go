@@ -37,7 +37,15 @@ func BenchmarkScenarioBurst10k(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(posts), "posts/first-min")
+	// Every threat is accounted for once the groups' windows and the digest
+	// have closed.
+	end := start.Add(3 * time.Minute)
+	for time.Now().Before(end) && countedThreats(sc.slack.Messages()) < len(es) {
+		time.Sleep(100 * time.Millisecond)
+	}
 	b.ReportMetric(float64(countedThreats(sc.slack.Messages())), "threats-counted")
+	b.ReportMetric(float64(len(sc.slack.Messages())), "posts-total")
+	b.ReportMetric(time.Since(start).Seconds(), "s-until-all-counted")
 }
 
 // BenchmarkScenarioCriticalBehind10kLows: 10,000 low threats queued, then one

@@ -273,4 +273,3 @@ func (r rule) matches(e *event.Event) bool {
 	}
 	return true
 }
-

@@ -11,11 +11,15 @@
 //     Bearer". Slack answers 200 with {"ok":true,"channel":...,"ts":...} or
 //     {"ok":false,"error":"invalid_auth"|"channel_not_found"|...}.
 //
+//   - chat.update: replaces a posted message's text, blocks and attachments.
+//
 // Both validate Block Kit as Slack does for what whalewatch sends (known block
-// types, text objects, the length and count limits) and reject what Slack
-// rejects. Knobs make the next requests fail (FailNext: HTTP 5xx or 429 with
-// Retry-After; RejectNext: a Slack error code); accessors return what was
-// accepted and what was rejected.
+// types, text objects, attachments around blocks, the length and count
+// limits) and reject what Slack rejects. Knobs make the next requests fail
+// (FailNext: HTTP 5xx or 429 with Retry-After, whose form SetRetryAfter sets;
+// FailFor: an outage; RejectNext: a Slack error code), make Slack slow
+// (SetDelay) or lose its answers after posting (LoseNextAnswers); accessors
+// return what was accepted and what was rejected.
 package slackstub
 
 import (

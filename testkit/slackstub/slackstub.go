@@ -5,6 +5,7 @@
 //   - incoming webhooks: POST /services/T000/B000/XXX with a JSON body. Slack
 //     answers 200 "ok", or an error code as a text/html body with a 4xx status
 //     (400 invalid_payload, invalid_blocks, no_text; 404 no_service, ...).
+//
 //   - the Web API method chat.postMessage: POST /api/chat.postMessage with a
 //     form-encoded body (what slack-go sends: token, channel, text and blocks
 //     as a JSON string) or a JSON body with the token as "Authorization:

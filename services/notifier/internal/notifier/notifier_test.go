@@ -262,7 +262,7 @@ func TestWebAPI(t *testing.T) {
 // that account for every one of them.
 func TestBurst10k(t *testing.T) {
 	t.Parallel()
-	sc := newScenario(t, with(fast, "notify-budget", "20"))
+	sc := newScenario(t, with(fast, "notify-budget", "20", "notify-digest-interval", "10s"))
 	sc.start(nil)
 	sc.publishAsync(burst(10000, 40, 3, event.SeverityLow))
 	natstest.Eventually(t, time.Minute, func() bool { return counted(sc.slack) == 10000 }, "not every threat is accounted for (%d)", counted(sc.slack))

@@ -65,9 +65,9 @@ func (o *output) durable(sev event.Severity) string {
 // digests, until ctx ends.
 func (o *output) run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	min := max(o.cfg.MinSeverity.Score(), o.routes.MinSeverity(o.sink.Name()).Score())
+	least := max(o.cfg.MinSeverity.Score(), o.routes.MinSeverity(o.sink.Name()).Score())
 	for _, sev := range event.Severities {
-		if sev.Score() < min {
+		if sev.Score() < least {
 			continue
 		}
 		wg.Go(func() { o.consume(ctx, sev) })

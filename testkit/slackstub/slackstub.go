@@ -32,7 +32,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -100,10 +99,13 @@ type Attachment struct {
 
 // Message is one message the stub accepted.
 type Message struct {
-	Endpoint    string // EndpointWebhook or EndpointPostMessage
-	Channel     string // channel id (chat.postMessage only)
-	TS          string // message timestamp (chat.postMessage only)
-	Text        string
+	Endpoint string // EndpointWebhook or EndpointPostMessage
+	Channel  string // channel id (chat.postMessage only)
+	TS       string // message timestamp (chat.postMessage only)
+	Text     string
+	// Blocks are every block of the message: the top-level ones, then those
+	// of its attachments (which Slack shows inside the attachment's colour
+	// bar), so that a test reads the message as a reader sees it.
 	Blocks      []Block
 	Attachments []Attachment
 	Parse       string    // the "parse" argument as sent ("none" turns off Slack's own linking)
@@ -123,11 +125,7 @@ func (m Message) AllText() string {
 			b.WriteString(t.Text)
 		}
 	}
-	blocks := slices.Clone(m.Blocks)
-	for _, a := range m.Attachments {
-		blocks = append(blocks, a.Blocks...)
-	}
-	for _, bl := range blocks {
+	for _, bl := range m.Blocks {
 		add(bl.Text)
 		for i := range bl.Fields {
 			add(&bl.Fields[i])
@@ -523,6 +521,7 @@ func (s *Server) parseBlocks(m *Message, raw, attachments json.RawMessage) strin
 					return "invalid_blocks"
 				}
 				att.Blocks = blocks
+				m.Blocks = append(m.Blocks, blocks...)
 			}
 			m.Attachments = append(m.Attachments, att)
 		}

@@ -353,7 +353,7 @@ func TestLostAnswer(t *testing.T) {
 // them in a single digest.
 func TestStartPosition(t *testing.T) {
 	t.Parallel()
-	sc := newScenario(t, with(fast, "notify-max-age", "1s", "notify-digest-interval", "2s"))
+	sc := newScenario(t, with(fast, "notify-max-age", "1s", "notify-digest-interval", "5s"))
 	old := distinct(300, event.SeverityHigh)
 	sc.publishAsync(old)
 	stream, err := sc.js.Stream(t.Context(), bus.StreamThreats)
@@ -392,7 +392,7 @@ func TestOutage500(t *testing.T) {
 	sc := newScenario(t, fast)
 	sc.start(nil)
 	sc.slack.FailFor(3*time.Second, http.StatusInternalServerError)
-	es := distinct(12, event.SeverityHigh)
+	es := distinct(16, event.SeverityHigh)
 	for _, e := range es {
 		sc.publish(e)
 		time.Sleep(250 * time.Millisecond) // alerts arrive during the outage, as they would

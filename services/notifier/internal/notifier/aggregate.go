@@ -51,7 +51,13 @@ type group struct {
 	more    int
 	ref     string // the Web API message to update
 	pending bool   // its first message is being posted
+	shown   int    // the count its message shows (Web API)
+	shownAt time.Time
 }
+
+// updateEvery is how often a Web API group's message is updated while its
+// window is open, when its count changed.
+func (a *aggregator) updateEvery() time.Duration { return min(10*time.Second, a.cfg.Window/2) }
 
 func newAggregator(cfg aggConfig, now time.Time) *aggregator {
 	return &aggregator{cfg: cfg, tokens: burstOf(cfg.Budget), refilled: now, groups: map[string]*group{}, lastDigest: now}
@@ -104,7 +110,7 @@ func (a *aggregator) admit(e *event.Event, now time.Time) int {
 	}
 	if e.Whalewatch.Severity.Score() >= event.SeverityHigh.Score() || a.take(now) {
 		if a.cfg.Window > 0 {
-			a.groups[key] = &group{first: e, start: now, pending: true}
+			a.groups[key] = &group{first: e, start: now, pending: true, shownAt: now}
 		}
 		return admitPost
 	}
@@ -150,7 +156,15 @@ func (a *aggregator) due(now time.Time) []pendingNotice {
 	defer a.mu.Unlock()
 	var out []pendingNotice
 	for key, g := range a.groups {
-		if g.pending || now.Sub(g.start) < a.cfg.Window {
+		if g.pending {
+			continue
+		}
+		if now.Sub(g.start) < a.cfg.Window {
+			if a.cfg.Updates && g.ref != "" && g.more != g.shown && now.Sub(g.shownAt) >= a.updateEvery() {
+				// An interim count; the window's close sends the final one.
+				g.shown, g.shownAt = g.more, now
+				out = append(out, pendingNotice{ref: g.ref, interim: true, n: Notice{Kind: render.KindAlert, Event: g.first, Count: g.more + 1, Since: g.start}})
+			}
 			continue
 		}
 		delete(a.groups, key)
@@ -177,6 +191,9 @@ func (a *aggregator) due(now time.Time) []pendingNotice {
 // failed takes back a due notice that could not be delivered: its threats
 // go into the next digest.
 func (a *aggregator) failed(p pendingNotice, now time.Time) {
+	if p.interim {
+		return // the group still counts them
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	switch p.n.Kind {
@@ -191,9 +208,10 @@ func (a *aggregator) failed(p pendingNotice, now time.Time) {
 
 // pendingNotice is a notice the aggregator made, and what it came from.
 type pendingNotice struct {
-	n      Notice
-	ref    string    // update this message instead of posting
-	digest digestAcc // the digest's accumulator, to take back on failure
+	n       Notice
+	ref     string    // update this message instead of posting
+	interim bool      // an update while the group's window is open
+	digest  digestAcc // the digest's accumulator, to take back on failure
 }
 
 // Bounds of a digest's memory: beyond them, names are not tracked (the

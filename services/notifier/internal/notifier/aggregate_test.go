@@ -91,6 +91,32 @@ func TestAggregatorFailuresStayCounted(t *testing.T) {
 	require.Equal(t, 1, due[0].n.Digest.Stale)
 }
 
+func TestWebAPIGroupUpdatesWhileOpen(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	a := newAggregator(aggConfig{Window: time.Minute, Budget: 20, DigestEvery: time.Minute, Updates: true}, now)
+	es := burst(30, 1, 1, event.SeverityHigh)
+	require.Equal(t, admitPost, a.admit(es[0], now))
+	a.posted(es[0], "C1/1")
+	for _, e := range es[1:10] {
+		a.admit(e, now)
+	}
+	require.Empty(t, a.due(now.Add(5*time.Second)), "not before the update interval")
+	due := a.due(now.Add(10 * time.Second))
+	require.Len(t, due, 1)
+	require.True(t, due[0].interim)
+	require.Equal(t, 10, due[0].n.Count)
+	a.failed(due[0], now) // an interim update that failed changes no count
+	require.Empty(t, a.due(now.Add(20*time.Second)), "no change, no update")
+	for _, e := range es[10:] {
+		a.admit(e, now.Add(20*time.Second))
+	}
+	due = a.due(now.Add(time.Minute))
+	require.Len(t, due, 1)
+	require.False(t, due[0].interim)
+	require.Equal(t, 30, due[0].n.Count, "the final update has every threat")
+}
+
 func TestBudgetRefills(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)

@@ -233,7 +233,7 @@ func TestWebAPI(t *testing.T) {
 	sc.publish(es...)
 	natstest.Eventually(t, wait, func() bool {
 		ms := sc.slack.Messages()
-		return len(ms) == 1 && ms[0].Updates == 1
+		return len(ms) == 1 && ms[0].Updates >= 1 && threatsIn(ms[0]) == 5
 	}, "the group's message was not updated")
 	m := sc.slack.Messages()[0]
 	require.Equal(t, slackstub.EndpointPostMessage, m.Endpoint)

@@ -150,8 +150,20 @@ func (g *Gate) extend(until time.Time) {
 
 // Acquire asks to send one request now. It returns 0 when the caller may
 // send, and must then report the outcome with Success, RateLimited or
-// Failed; otherwise it returns how long to wait before asking again.
-func (g *Gate) Acquire() time.Duration {
+// Failed; otherwise it returns how long to wait before asking again. It
+// reads the shared hold first (one KV get: requests are few, and a hold
+// another replica stored a moment ago must count), and falls back on what
+// Watch last saw when NATS does not answer.
+func (g *Gate) Acquire(ctx context.Context) time.Duration {
+	if g.store != nil {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		if e, err := g.store.kv.Get(ctx, g.name); err == nil {
+			if ms, err := strconv.ParseInt(string(e.Value()), 10, 64); err == nil {
+				g.extend(time.UnixMilli(ms))
+			}
+		}
+		cancel()
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if wait := g.until.Sub(g.now()); wait > 0 {
@@ -227,4 +239,82 @@ func (g *Gate) share(ctx context.Context, until time.Time) {
 	// Best effort: the hold applies here anyway; the others learn of the
 	// next 429 or failure themselves.
 	_, _ = g.store.kv.Put(ctx, g.name, []byte(strconv.FormatInt(until.UnixMilli(), 10)))
+}
+
+// Budget is a destination's post budget, a token bucket shared by every
+// replica through the holds bucket (key "budget-<destination>", value
+// "<tokens> <unix-ms>", changed by compare-and-set). Once it is empty a
+// replica asks again only when the next token is due, so an exhausted
+// budget costs no NATS round trip per threat.
+type Budget struct {
+	store         *Store
+	key           string
+	perMin, burst float64
+
+	mu         sync.Mutex
+	emptyUntil time.Time
+}
+
+// NewBudget returns the shared budget of destination name: perMin posts a
+// minute, at most burst at once.
+func NewBudget(name string, store *Store, perMin, burst float64) *Budget {
+	return &Budget{store: store, key: "budget-" + name, perMin: perMin, burst: burst}
+}
+
+// Take takes one post from the budget and reports whether there was one.
+// An error means the bucket could not be read or written; the caller
+// decides without it.
+func (b *Budget) Take(ctx context.Context, now time.Time) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now.Before(b.emptyUntil) {
+		return false, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for range 5 { // compare-and-set against the other replicas
+		tokens, rev := b.burst, uint64(0)
+		e, err := b.store.kv.Get(ctx, b.key)
+		switch {
+		case err == nil:
+			rev = e.Revision()
+			if t, at, ok := parseBudget(e.Value()); ok {
+				tokens = min(b.burst, t+now.Sub(at).Minutes()*b.perMin)
+			}
+		case errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted):
+		default:
+			return false, fmt.Errorf("reading budget: %w", err)
+		}
+		if tokens < 1 {
+			b.emptyUntil = now.Add(time.Duration((1 - tokens) / b.perMin * float64(time.Minute)))
+			return false, nil
+		}
+		v := []byte(strconv.FormatFloat(tokens-1, 'f', 3, 64) + " " + strconv.FormatInt(now.UnixMilli(), 10))
+		if rev == 0 {
+			_, err = b.store.kv.Create(ctx, b.key, v)
+		} else {
+			_, err = b.store.kv.Update(ctx, b.key, v, rev)
+		}
+		if err == nil {
+			return true, nil
+		}
+		var apiErr *jetstream.APIError
+		if !errors.Is(err, jetstream.ErrKeyExists) && !(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence) {
+			return false, fmt.Errorf("writing budget: %w", err)
+		}
+	}
+	return false, nil // heavy contention: the others are posting
+}
+
+func parseBudget(v []byte) (float64, time.Time, bool) {
+	t, ms, ok := strings.Cut(string(v), " ")
+	if !ok {
+		return 0, time.Time{}, false
+	}
+	tokens, err1 := strconv.ParseFloat(t, 64)
+	at, err2 := strconv.ParseInt(ms, 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, time.Time{}, false
+	}
+	return tokens, time.UnixMilli(at), true
 }

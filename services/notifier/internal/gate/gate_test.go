@@ -45,28 +45,28 @@ func TestBackoffAndProbe(t *testing.T) {
 	g.now = func() time.Time { return clock }
 	ctx := t.Context()
 
-	require.Zero(t, g.Acquire())
+	require.Zero(t, g.Acquire(ctx))
 	require.Equal(t, 500*time.Millisecond, g.Failed(ctx))
-	require.Equal(t, 500*time.Millisecond, g.Acquire(), "held")
+	require.Equal(t, 500*time.Millisecond, g.Acquire(ctx), "held")
 	clock = clock.Add(500 * time.Millisecond)
-	require.Zero(t, g.Acquire(), "the probe")
-	require.Positive(t, g.Acquire(), "one probe at a time")
+	require.Zero(t, g.Acquire(ctx), "the probe")
+	require.Positive(t, g.Acquire(ctx), "one probe at a time")
 	require.Equal(t, time.Second, g.Failed(ctx))
 	clock = clock.Add(time.Second)
-	require.Zero(t, g.Acquire())
+	require.Zero(t, g.Acquire(ctx))
 	require.Equal(t, 2*time.Second, g.Failed(ctx))
 	for range 20 {
 		clock = g.Until()
-		require.Zero(t, g.Acquire())
+		require.Zero(t, g.Acquire(ctx))
 		require.LessOrEqual(t, g.Failed(ctx), maxBackoff)
 	}
 	clock = g.Until()
-	require.Zero(t, g.Acquire())
+	require.Zero(t, g.Acquire(ctx))
 	g.Success()
-	require.Zero(t, g.Acquire())
-	require.Zero(t, g.Acquire(), "healthy: no probing")
+	require.Zero(t, g.Acquire(ctx))
+	require.Zero(t, g.Acquire(ctx), "healthy: no probing")
 	require.Equal(t, 3*time.Second, g.RateLimited(ctx, 3*time.Second))
-	require.Equal(t, 3*time.Second, g.Acquire())
+	require.Equal(t, 3*time.Second, g.Acquire(ctx))
 }
 
 func TestHoldIsShared(t *testing.T) {
@@ -83,6 +83,37 @@ func TestHoldIsShared(t *testing.T) {
 	go func() { _ = other.Watch(ctx) }()
 
 	a.RateLimited(ctx, 5*time.Second)
-	natstest.Eventually(t, 5*time.Second, func() bool { return b.Acquire() > 4*time.Second }, "the other replica is not held")
-	require.Zero(t, other.Acquire(), "another destination is not held")
+	natstest.Eventually(t, 5*time.Second, func() bool { return b.Acquire(ctx) > 4*time.Second }, "the other replica is not held")
+	require.Zero(t, other.Acquire(ctx), "another destination is not held")
+}
+
+func TestBudgetIsShared(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	ctx := t.Context()
+	s, err := OpenStore(ctx, js, 1)
+	require.NoError(t, err)
+	now := time.Now()
+	a, b := NewBudget("d", s, 60, 3), NewBudget("d", s, 60, 3)
+	took := 0
+	for range 5 {
+		for _, x := range []*Budget{a, b} {
+			ok, err := x.Take(ctx, now)
+			require.NoError(t, err)
+			if ok {
+				took++
+			}
+		}
+	}
+	require.Equal(t, 3, took, "two replicas share one burst")
+	ok, err := a.Take(ctx, now.Add(500*time.Millisecond))
+	require.NoError(t, err)
+	require.False(t, ok, "a token a second: none yet")
+	ok, err = b.Take(ctx, now.Add(1100*time.Millisecond))
+	require.NoError(t, err)
+	require.True(t, ok, "the next token")
+	other := NewBudget("other", s, 60, 3)
+	ok, err = other.Take(ctx, now)
+	require.NoError(t, err)
+	require.True(t, ok, "another destination has its own budget")
 }

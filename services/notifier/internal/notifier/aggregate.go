@@ -2,11 +2,13 @@ package notifier
 
 import (
 	"cmp"
+	"context"
 	"slices"
 	"sync"
 	"time"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/services/notifier/internal/gate"
 	"github.com/whalewatch/whalewatch/services/notifier/internal/render"
 )
 
@@ -17,14 +19,16 @@ import (
 //     message (chat.update) when the window closes; other destinations get
 //     one group message then.
 //   - Budget: at most Budget posts a minute (a token bucket holding a
-//     quarter of it, so a burst gets a few posts and then a digest). High
+//     quarter of it, so a burst gets a few posts and then a digest), shared
+//     by the replicas through NATS KV. High
 //     and critical threats are always posted, budget or not; lower ones over
 //     the budget, and any threat older than the maximum age, go into the
 //     digest, posted every DigestEvery when it is not empty.
 //
 // Every threat ends up in exactly one of: an alert message, a group count,
-// a digest count. The counts live in memory: a replica that crashes loses
-// the counts of its open groups and digest (never an alert of its own).
+// a digest count. Groups and digests are per replica and live in memory: a
+// replica that crashes loses the counts of its open groups and digest (never
+// an alert of its own).
 
 // aggConfig configures an aggregator.
 type aggConfig struct {
@@ -32,6 +36,9 @@ type aggConfig struct {
 	Budget      int           // posts a minute; 0: no budget
 	DigestEvery time.Duration
 	Updates     bool // the destination can update its messages
+	// Shared, when set, is the budget of every replica together; the local
+	// one stands in when it cannot be reached.
+	Shared *gate.Budget
 }
 
 type aggregator struct {
@@ -80,6 +87,11 @@ func groupKey(e *event.Event) string {
 func (a *aggregator) take(now time.Time) bool {
 	if a.cfg.Budget <= 0 {
 		return true
+	}
+	if a.cfg.Shared != nil {
+		if ok, err := a.cfg.Shared.Take(context.Background(), now); err == nil {
+			return ok
+		}
 	}
 	a.tokens = min(burstOf(a.cfg.Budget), a.tokens+now.Sub(a.refilled).Minutes()*float64(a.cfg.Budget))
 	a.refilled = now

@@ -177,6 +177,9 @@ func newOutput(s Sink, claims *claim.Store, holds *gate.Store, routes *route.Tab
 		cfg: cfg, js: js, m: m, log: log.With("destination", s.Name()), now: time.Now,
 	}
 	ac := aggConfig{Window: cfg.Window, Budget: cfg.Budget, DigestEvery: cfg.DigestEvery}
+	if holds != nil && cfg.Budget > 0 {
+		ac.Shared = gate.NewBudget(s.Name(), holds, float64(cfg.Budget), burstOf(cfg.Budget))
+	}
 	switch s := s.(type) {
 	case *Console:
 		// Every alert on its own line, on every replica: a terminal is not a

@@ -271,7 +271,7 @@ func (o *output) handle(ctx context.Context, m jetstream.Msg, sev event.Severity
 // post posts threat e once: it waits out the destination's hold, claims the
 // alert, posts, and records it done.
 func (o *output) post(ctx context.Context, e *event.Event) result {
-	if wait := o.gate.Acquire(); wait > 0 {
+	if wait := o.gate.Acquire(ctx); wait > 0 {
 		o.log.Debug("destination held", "id", e.Event.ID, "for", wait)
 		o.count(outcomeHeld)
 		return retryIn(jitter(wait))
@@ -418,7 +418,7 @@ func (o *output) flushLoop(ctx context.Context) {
 
 func (o *output) flush(ctx context.Context, now time.Time) {
 	for _, p := range o.agg.due(now) {
-		if o.gate.Acquire() > 0 {
+		if o.gate.Acquire(ctx) > 0 {
 			o.agg.failed(p, now) // held: they wait in the next digest
 			continue
 		}

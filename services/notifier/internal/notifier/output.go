@@ -34,6 +34,13 @@ import (
 // A threat is posted once across replicas and redeliveries by a claim
 // (pkg/claim) on "<destination>/<event id>" taken before posting and marked
 // done after: see the README's delivery guarantee.
+//
+// The outputs consume with their own loop rather than bus.Consumer, whose
+// handler sees events, not messages: the notifier needs in-progress acks for
+// every message a replica holds, a nak delay chosen per message (a 429's
+// Retry-After, a claim's lease, a back-off shared with other replicas), a
+// prefetch sized from how long messages take, and a start position for new
+// consumers. Dead letters keep pkg/bus's subject and headers.
 type output struct {
 	sink    Sink
 	updater Updater // nil when the sink cannot update messages

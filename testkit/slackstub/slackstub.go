@@ -5,17 +5,22 @@
 //   - incoming webhooks: POST /services/T000/B000/XXX with a JSON body. Slack
 //     answers 200 "ok", or an error code as a text/html body with a 4xx status
 //     (400 invalid_payload, invalid_blocks, no_text; 404 no_service, ...).
+//
 //   - the Web API method chat.postMessage: POST /api/chat.postMessage with a
 //     form-encoded body (what slack-go sends: token, channel, text and blocks
 //     as a JSON string) or a JSON body with the token as "Authorization:
 //     Bearer". Slack answers 200 with {"ok":true,"channel":...,"ts":...} or
 //     {"ok":false,"error":"invalid_auth"|"channel_not_found"|...}.
 //
+//   - chat.update: replaces a posted message's text, blocks and attachments.
+//
 // Both validate Block Kit as Slack does for what whalewatch sends (known block
-// types, text objects, the length and count limits) and reject what Slack
-// rejects. Knobs make the next requests fail (FailNext: HTTP 5xx or 429 with
-// Retry-After; RejectNext: a Slack error code); accessors return what was
-// accepted and what was rejected.
+// types, text objects, attachments around blocks, the length and count
+// limits) and reject what Slack rejects. Knobs make the next requests fail
+// (FailNext: HTTP 5xx or 429 with Retry-After, whose form SetRetryAfter sets;
+// FailFor: an outage; RejectNext: a Slack error code), make Slack slow
+// (SetDelay) or lose its answers after posting (LoseNextAnswers); accessors
+// return what was accepted and what was rejected.
 package slackstub
 
 import (
@@ -62,6 +67,7 @@ const (
 const (
 	EndpointWebhook     = "webhook"
 	EndpointPostMessage = "chat.postMessage"
+	EndpointUpdate      = "chat.update"
 )
 
 // Text is a Block Kit text object.
@@ -83,15 +89,30 @@ type Block struct {
 	Raw      json.RawMessage `json:"-"`
 }
 
+// Attachment is a legacy attachment as whalewatch uses it: a colour bar
+// around Block Kit blocks.
+type Attachment struct {
+	Color    string  `json:"color,omitempty"`
+	Fallback string  `json:"fallback,omitempty"`
+	Blocks   []Block `json:"-"`
+}
+
 // Message is one message the stub accepted.
 type Message struct {
 	Endpoint string // EndpointWebhook or EndpointPostMessage
 	Channel  string // channel id (chat.postMessage only)
 	TS       string // message timestamp (chat.postMessage only)
 	Text     string
-	Blocks   []Block
-	Raw      []byte    // the request body as received
-	At       time.Time // when the stub received it
+	// Blocks are every block of the message: the top-level ones, then those
+	// of its attachments (which Slack shows inside the attachment's colour
+	// bar), so that a test reads the message as a reader sees it.
+	Blocks      []Block
+	Attachments []Attachment
+	Parse       string    // the "parse" argument as sent ("none" turns off Slack's own linking)
+	Raw         []byte    // the request body as received (of the last update, once updated)
+	At          time.Time // when the stub received it
+	// Updates counts the chat.update calls that changed this message.
+	Updates int
 }
 
 // AllText is the message's text and the text of all its blocks, one per line.
@@ -143,6 +164,11 @@ type Server struct {
 	rejectN   int
 	rejectErr string
 	ts        int
+
+	delay      time.Duration // before answering each request
+	failUntil  time.Time     // answer failCode until then
+	retryAfter *string       // Retry-After of injected 429s; nil means "1"
+	loseN      int           // accept, then drop the connection without an answer
 }
 
 // Option configures a Server.
@@ -200,6 +226,39 @@ func (s *Server) FailNext(n, status int) {
 	s.failN, s.failCode = n, status
 }
 
+// SetDelay makes the stub take d to answer every later request, as a slow
+// Slack does: a message is accepted when the request arrives and answered d
+// later, so a client that gives up sooner has posted it without knowing.
+func (s *Server) SetDelay(d time.Duration) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.delay = d
+}
+
+// FailFor makes every request in the next d answer the HTTP status, as an
+// outage does.
+func (s *Server) FailFor(d time.Duration, status int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failUntil, s.failCode = time.Now().Add(d), status
+}
+
+// SetRetryAfter sets the Retry-After header of injected 429 answers: an
+// integer, an HTTP date, a fraction, or "" for none.
+func (s *Server) SetRetryAfter(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.retryAfter = &v
+}
+
+// LoseNextAnswers makes the next n well-formed requests post their message
+// and then drop the connection without answering: the answer is lost.
+func (s *Server) LoseNextAnswers(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loseN = n
+}
+
 // RejectNext makes the next n well-formed requests answer the Slack error
 // code, as Slack would (a 4xx for webhooks, {"ok":false} for the Web API).
 func (s *Server) RejectNext(n int, code string) {
@@ -250,7 +309,47 @@ func (s *Server) injected() int {
 		s.failN--
 		return s.failCode
 	}
+	if time.Now().Before(s.failUntil) {
+		return s.failCode
+	}
 	return 0
+}
+
+// wait sleeps for the configured delay, or until the client went away.
+func (s *Server) wait(r *http.Request) {
+	s.mu.Lock()
+	d := s.delay
+	s.mu.Unlock()
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+}
+
+// loseAnswer drops the connection without an answer when told to, and
+// reports whether it did.
+func (s *Server) loseAnswer(w http.ResponseWriter) bool {
+	s.mu.Lock()
+	lose := s.loseN > 0
+	if lose {
+		s.loseN--
+	}
+	s.mu.Unlock()
+	if !lose {
+		return false
+	}
+	if hj, ok := w.(http.Hijacker); ok {
+		if conn, _, err := hj.Hijack(); err == nil {
+			_ = conn.Close()
+			return true
+		}
+	}
+	panic(http.ErrAbortHandler) // closes the connection without an answer
 }
 
 func (s *Server) takeReject() string {
@@ -268,6 +367,22 @@ func (s *Server) reject(r Rejection) {
 	defer s.mu.Unlock()
 	r.At = time.Now()
 	s.rejected = append(s.rejected, r)
+}
+
+// update replaces the text, blocks and attachments of the message m.TS in
+// m.Channel, as chat.update does, and reports whether it exists.
+func (s *Server) update(m Message) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i := range s.messages {
+		old := &s.messages[i]
+		if old.TS == m.TS && old.Channel == m.Channel && old.Endpoint == EndpointPostMessage {
+			old.Text, old.Blocks, old.Attachments, old.Raw = m.Text, m.Blocks, m.Attachments, m.Raw
+			old.Updates++
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Server) accept(m Message) Message {
@@ -288,7 +403,15 @@ func (s *Server) failInjected(w http.ResponseWriter, endpoint string, api bool) 
 	}
 	code := http.StatusText(status) // what a proxy or Slack's edge answers
 	if status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "1")
+		s.mu.Lock()
+		ra := "1"
+		if s.retryAfter != nil {
+			ra = *s.retryAfter
+		}
+		s.mu.Unlock()
+		if ra != "" {
+			w.Header().Set("Retry-After", ra)
+		}
 		code = "ratelimited"
 	}
 	s.reject(Rejection{Endpoint: endpoint, Status: status, Error: code})
@@ -338,8 +461,10 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var p struct {
-		Text   *string         `json:"text"`
-		Blocks json.RawMessage `json:"blocks"`
+		Text        *string         `json:"text"`
+		Blocks      json.RawMessage `json:"blocks"`
+		Attachments json.RawMessage `json:"attachments"`
+		Parse       string          `json:"parse"`
 	}
 	if err := json.Unmarshal(body, &p); err != nil {
 		fail("invalid_payload")
@@ -349,8 +474,8 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 	if p.Text != nil {
 		text = *p.Text
 	}
-	m := Message{Endpoint: EndpointWebhook, Text: text, Raw: body}
-	if code := s.parseBlocks(&m, p.Blocks); code != "" {
+	m := Message{Endpoint: EndpointWebhook, Text: text, Raw: body, Parse: p.Parse}
+	if code := s.parseBlocks(&m, p.Blocks, p.Attachments); code != "" {
 		fail(code)
 		return
 	}
@@ -359,12 +484,17 @@ func (s *Server) webhook(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.accept(m)
+	if s.loseAnswer(w) {
+		return
+	}
+	s.wait(r)
 	writeText(w, http.StatusOK, "ok")
 }
 
-// parseBlocks fills m.Blocks from raw and returns a Slack error code when they
-// are invalid or when there is neither text nor blocks.
-func (s *Server) parseBlocks(m *Message, raw json.RawMessage) string {
+// parseBlocks fills m.Blocks and m.Attachments from raw and attachments and
+// returns a Slack error code when they are invalid or when there is neither
+// text nor blocks.
+func (s *Server) parseBlocks(m *Message, raw, attachments json.RawMessage) string {
 	if len(raw) > 0 && string(raw) != "null" {
 		blocks, err := ParseBlocks(raw)
 		if err != nil {
@@ -372,18 +502,47 @@ func (s *Server) parseBlocks(m *Message, raw json.RawMessage) string {
 		}
 		m.Blocks = blocks
 	}
-	if strings.TrimSpace(m.Text) == "" && len(m.Blocks) == 0 {
+	if len(attachments) > 0 && string(attachments) != "null" {
+		var as []struct {
+			Attachment
+			Blocks json.RawMessage `json:"blocks"`
+		}
+		if err := json.Unmarshal(attachments, &as); err != nil {
+			return "invalid_attachments"
+		}
+		if len(as) > 100 {
+			return "too_many_attachments"
+		}
+		for _, a := range as {
+			att := a.Attachment
+			if len(a.Blocks) > 0 {
+				blocks, err := ParseBlocks(a.Blocks)
+				if err != nil {
+					return "invalid_blocks"
+				}
+				att.Blocks = blocks
+				m.Blocks = append(m.Blocks, blocks...)
+			}
+			m.Attachments = append(m.Attachments, att)
+		}
+	}
+	if strings.TrimSpace(m.Text) == "" && len(m.Blocks) == 0 && len(m.Attachments) == 0 {
 		return "no_text"
 	}
 	return ""
 }
 
 func (s *Server) api(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path != "/api/chat.postMessage" {
+	update := r.URL.Path == "/api/chat.update"
+	if r.URL.Path != "/api/chat.postMessage" && !update {
 		writeJSON(w, http.StatusOK, map[string]any{"ok": false, "error": "unknown_method"})
 		return
 	}
-	if s.failInjected(w, EndpointPostMessage, true) {
+	endpoint := EndpointPostMessage
+	if update {
+		endpoint = EndpointUpdate
+	}
+	if s.failInjected(w, endpoint, true) {
 		return
 	}
 	body, _ := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
@@ -393,7 +552,7 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 			status = http.StatusTooManyRequests
 			w.Header().Set("Retry-After", "1")
 		}
-		s.reject(Rejection{Endpoint: EndpointPostMessage, Status: status, Error: code, Raw: body})
+		s.reject(Rejection{Endpoint: endpoint, Status: status, Error: code, Raw: body})
 		writeJSON(w, status, map[string]any{"ok": false, "error": code})
 	}
 	if r.Method != http.MethodPost {
@@ -405,8 +564,8 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var (
-		token, channel, text string
-		blocks               json.RawMessage
+		token, channel, text, ts, parse string
+		blocks, attachments             json.RawMessage
 	)
 	if auth := r.Header.Get("Authorization"); auth != "" {
 		var ok bool
@@ -419,15 +578,18 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 	switch ctype {
 	case "application/json":
 		var p struct {
-			Channel string          `json:"channel"`
-			Text    string          `json:"text"`
-			Blocks  json.RawMessage `json:"blocks"`
+			Channel     string          `json:"channel"`
+			Text        string          `json:"text"`
+			TS          string          `json:"ts"`
+			Parse       string          `json:"parse"`
+			Blocks      json.RawMessage `json:"blocks"`
+			Attachments json.RawMessage `json:"attachments"`
 		}
 		if err := json.Unmarshal(body, &p); err != nil {
 			fail("invalid_json")
 			return
 		}
-		channel, text, blocks = p.Channel, p.Text, p.Blocks
+		channel, text, ts, parse, blocks, attachments = p.Channel, p.Text, p.TS, p.Parse, p.Blocks, p.Attachments
 	case "application/x-www-form-urlencoded":
 		form, err := url.ParseQuery(string(body))
 		if err != nil {
@@ -437,9 +599,12 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		if token == "" {
 			token = form.Get("token") // slack-go sends the token in the form
 		}
-		channel, text = form.Get("channel"), form.Get("text")
+		channel, text, ts, parse = form.Get("channel"), form.Get("text"), form.Get("ts"), form.Get("parse")
 		if b := form.Get("blocks"); b != "" {
 			blocks = json.RawMessage(b)
+		}
+		if a := form.Get("attachments"); a != "" {
+			attachments = json.RawMessage(a)
 		}
 	default:
 		fail("invalid_form_data")
@@ -460,8 +625,8 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		fail("channel_not_found")
 		return
 	}
-	m := Message{Endpoint: EndpointPostMessage, Channel: chID, Text: text, Raw: body}
-	if code := s.parseBlocks(&m, blocks); code != "" {
+	m := Message{Endpoint: EndpointPostMessage, Channel: chID, Text: text, Raw: body, Parse: parse}
+	if code := s.parseBlocks(&m, blocks, attachments); code != "" {
 		fail(code)
 		return
 	}
@@ -469,7 +634,21 @@ func (s *Server) api(w http.ResponseWriter, r *http.Request) {
 		fail(code)
 		return
 	}
+	if update {
+		m.TS = ts
+		if !s.update(m) {
+			fail("message_not_found")
+			return
+		}
+		s.wait(r)
+		writeJSON(w, http.StatusOK, map[string]any{"ok": true, "channel": m.Channel, "ts": m.TS, "text": m.Text})
+		return
+	}
 	m = s.accept(m)
+	if s.loseAnswer(w) {
+		return
+	}
+	s.wait(r)
 	writeJSON(w, http.StatusOK, map[string]any{
 		"ok": true, "channel": m.Channel, "ts": m.TS,
 		"message": map[string]any{"type": "message", "text": m.Text, "ts": m.TS},

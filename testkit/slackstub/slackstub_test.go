@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/whalewatch/whalewatch/testkit/slackstub"
 )
@@ -201,5 +202,92 @@ func TestOptions(t *testing.T) {
 	}
 	if body := post(slackstub.Token, "C0SECOND"); !strings.Contains(body, "invalid_auth") {
 		t.Fatalf("default token still accepted: %s", body)
+	}
+}
+
+func TestKnobs(t *testing.T) {
+	t.Parallel()
+	t.Run("delay accepts first, answers later", func(t *testing.T) {
+		t.Parallel()
+		s := slackstub.New(t)
+		s.SetDelay(300 * time.Millisecond)
+		start := time.Now()
+		status, _, body := post(t, s.WebhookURL(), "application/json", "", `{"text":"x"}`)
+		if status != 200 || body != "ok" || time.Since(start) < 300*time.Millisecond {
+			t.Fatalf("%d %q after %v", status, body, time.Since(start))
+		}
+		if at := s.Messages()[0].At; at.Sub(start) > 200*time.Millisecond {
+			t.Fatalf("accepted %v after the request", at.Sub(start))
+		}
+	})
+	t.Run("fail for a while", func(t *testing.T) {
+		t.Parallel()
+		s := slackstub.New(t)
+		s.FailFor(time.Hour, http.StatusBadGateway)
+		if status, _, _ := post(t, s.WebhookURL(), "application/json", "", `{"text":"x"}`); status != 502 {
+			t.Fatalf("status %d", status)
+		}
+		s.FailFor(0, 0)
+		if status, _, _ := post(t, s.WebhookURL(), "application/json", "", `{"text":"x"}`); status != 200 {
+			t.Fatalf("status %d", status)
+		}
+	})
+	for _, ra := range []string{"2", "0.5", "Wed, 21 Oct 2015 07:28:00 GMT", ""} {
+		t.Run("retry-after "+ra, func(t *testing.T) {
+			t.Parallel()
+			s := slackstub.New(t)
+			s.SetRetryAfter(ra)
+			s.FailNext(1, http.StatusTooManyRequests)
+			status, h, _ := post(t, s.WebhookURL(), "application/json", "", `{"text":"x"}`)
+			if status != 429 || h.Get("Retry-After") != ra || (ra == "" && h.Values("Retry-After") != nil) {
+				t.Fatalf("%d Retry-After %q", status, h.Get("Retry-After"))
+			}
+		})
+	}
+	t.Run("lost answer", func(t *testing.T) {
+		t.Parallel()
+		s := slackstub.New(t)
+		s.LoseNextAnswers(1)
+		req, _ := http.NewRequest(http.MethodPost, s.WebhookURL(), strings.NewReader(`{"text":"x"}`))
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatal("an answer came")
+		}
+		if len(s.Messages()) != 1 {
+			t.Fatal("the message was not posted")
+		}
+	})
+}
+
+func TestUpdateAndAttachments(t *testing.T) {
+	t.Parallel()
+	s := slackstub.New(t)
+	body := `{"channel":"` + slackstub.ChannelID + `","text":"v1","parse":"none","attachments":[{"color":"#E01E1E","blocks":` + goodBlocks + `}]}`
+	status, _, answer := post(t, s.APIURL()+"chat.postMessage", "application/json", "Bearer "+slackstub.Token, body)
+	var a struct {
+		OK bool   `json:"ok"`
+		TS string `json:"ts"`
+	}
+	if err := json.Unmarshal([]byte(answer), &a); status != 200 || err != nil || !a.OK {
+		t.Fatalf("%d %s", status, answer)
+	}
+	m := s.Messages()[0]
+	if m.Parse != "none" || len(m.Attachments) != 1 || m.Attachments[0].Color != "#E01E1E" || !m.Mentions("h1") {
+		t.Fatalf("%+v", m)
+	}
+	upd := `{"channel":"` + slackstub.ChannelID + `","ts":"` + a.TS + `","text":"v2"}`
+	if status, _, answer := post(t, s.APIURL()+"chat.update", "application/json", "Bearer "+slackstub.Token, upd); status != 200 || !strings.Contains(answer, `"ok":true`) {
+		t.Fatalf("%d %s", status, answer)
+	}
+	if ms := s.Messages(); len(ms) != 1 || ms[0].Text != "v2" || ms[0].Updates != 1 {
+		t.Fatalf("%+v", ms)
+	}
+	bad := `{"channel":"` + slackstub.ChannelID + `","ts":"1.2","text":"v3"}`
+	if _, _, answer := post(t, s.APIURL()+"chat.update", "application/json", "Bearer "+slackstub.Token, bad); !strings.Contains(answer, "message_not_found") {
+		t.Fatal(answer)
+	}
+	badBlocks := `{"text":"x","attachments":[{"blocks":[{"type":"banner"}]}]}`
+	if status, _, answer := post(t, s.WebhookURL(), "application/json", "", badBlocks); status != 400 || answer != "invalid_blocks" {
+		t.Fatalf("%d %s", status, answer)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/slack-go/slack"
@@ -26,8 +27,26 @@ type Config struct {
 	Slack       SlackConfig
 	// Console also prints each alert as one line on standard output.
 	Console bool
-	// DedupTTL is how long a posted threat's id is remembered.
+	// DedupTTL is how long a posted threat's id is remembered: the ledger
+	// bucket's TTL when this notifier creates it.
 	DedupTTL time.Duration
+	// JSONWebhookURL receives every threat as a JSON document.
+	JSONWebhookURL string
+	// KibanaURL, when set, makes messages link to their threats in Kibana.
+	KibanaURL string
+	// Routes is the path of the routes file (see package route).
+	Routes string
+	// Window groups the threats of one rule on one container.
+	Window time.Duration
+	// Budget is how many messages a destination gets a minute before the
+	// rest go into digests; DigestEvery is how often a digest is posted.
+	Budget      int
+	DigestEvery time.Duration
+	// MaxAge is how old a threat may be and still be posted one by one, and
+	// how far back a new consumer starts.
+	MaxAge time.Duration
+	// AckWait is the consumers' ack deadline.
+	AckWait time.Duration
 }
 
 // SlackConfig says where alerts go in Slack: an incoming webhook, or the Web
@@ -54,7 +73,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Slack.APIURL, "slack-api-url", slack.APIURL, "Slack Web API base URL")
 	fs.DurationVar(&c.Slack.Timeout, "slack-timeout", 10*time.Second, "timeout of one request to Slack")
 	fs.BoolVar(&c.Console, "console", false, "also print each alert as one line on standard output")
-	fs.DurationVar(&c.DedupTTL, "dedup-ttl", 24*time.Hour, "how long a posted threat's id is remembered so that a redelivery is not posted again")
+	fs.DurationVar(&c.DedupTTL, "dedup-ttl", 24*time.Hour, "how long a posted threat's id is remembered so that a redelivery is not posted again; applied when the notifier creates the ledger bucket (change an existing one with nats kv edit)")
+	fs.StringVar(&c.JSONWebhookURL, "json-webhook-url", "", "secret: URL that receives every threat as a JSON document (POST), e.g. a SIEM or automation endpoint")
+	fs.StringVar(&c.KibanaURL, "kibana-url", "", "Kibana base URL (https://kibana.example.com); messages then link to their threats in Discover")
+	fs.StringVar(&c.Routes, "notify-routes", "", "YAML file routing threats to destinations by severity, rule tag, image or label, with a minimum severity per destination (empty: every threat to every destination)")
+	fs.DurationVar(&c.Window, "notify-window", time.Minute, "threats of one rule on one container within this window become one message with a count")
+	fs.IntVar(&c.Budget, "notify-budget", 20, "messages a minute per Slack destination; beyond it, low and medium threats go into digests (high and critical are always posted)")
+	fs.DurationVar(&c.DigestEvery, "notify-digest-interval", 30*time.Second, "how often the digest of threats over the budget is posted")
+	fs.DurationVar(&c.MaxAge, "notify-max-age", 15*time.Minute, "threats older than this are not posted one by one but counted in a digest; a new consumer starts this far back")
+	fs.DurationVar(&c.AckWait, "notify-ack-wait", 5*time.Second, "ack deadline of the threats consumers; a crashed replica's prefetched threats go to another after it")
 }
 
 // severityFlag is a flag.Value that accepts only the four severity labels.
@@ -90,9 +117,6 @@ func (c *Config) Validate() error {
 		if err := checkURL(s.WebhookURL); err != nil {
 			errs = append(errs, fmt.Errorf("slack-webhook-url: %w", err)) // err does not quote the URL
 		}
-		if s.BotToken != "" {
-			errs = append(errs, errors.New("set slack-webhook-url or slack-bot-token, not both: each alert would be posted twice"))
-		}
 	}
 	if s.BotToken != "" && s.Channel == "" {
 		errs = append(errs, errors.New("slack-bot-token needs slack-channel (SLACK_CHANNEL): the channel ID or name to post to"))
@@ -106,11 +130,36 @@ func (c *Config) Validate() error {
 	if s.Timeout <= 0 {
 		errs = append(errs, errors.New("slack-timeout must be positive"))
 	}
-	if s.WebhookURL == "" && s.BotToken == "" && !c.Console {
-		errs = append(errs, errors.New("no alert destination: set SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN and SLACK_CHANNEL, or CONSOLE=true (or the flags -slack-webhook-url, -slack-bot-token and -slack-channel, -console)"))
+	if s.WebhookURL == "" && s.BotToken == "" && !c.Console && c.JSONWebhookURL == "" {
+		errs = append(errs, errors.New("no alert destination: set SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN and SLACK_CHANNEL, or JSON_WEBHOOK_URL, or CONSOLE=true (or the flags -slack-webhook-url, -slack-bot-token and -slack-channel, -json-webhook-url, -console)"))
 	}
 	if c.DedupTTL <= 0 {
 		errs = append(errs, errors.New("dedup-ttl must be positive"))
+	}
+	if c.JSONWebhookURL != "" {
+		if err := checkURL(c.JSONWebhookURL); err != nil {
+			errs = append(errs, fmt.Errorf("json-webhook-url: %w", err))
+		}
+	}
+	if c.KibanaURL != "" {
+		if err := checkURL(c.KibanaURL); err != nil || strings.ContainsAny(c.KibanaURL, "|<> \"'") {
+			errs = append(errs, fmt.Errorf("kibana-url %q: want an absolute http(s) URL without | < > quotes or spaces", c.KibanaURL))
+		}
+	}
+	if c.Window < 0 {
+		errs = append(errs, errors.New("notify-window must not be negative"))
+	}
+	if c.Budget < 0 {
+		errs = append(errs, errors.New("notify-budget must not be negative (0: no budget)"))
+	}
+	if c.DigestEvery <= 0 {
+		errs = append(errs, errors.New("notify-digest-interval must be positive"))
+	}
+	if c.MaxAge <= 0 {
+		errs = append(errs, errors.New("notify-max-age must be positive"))
+	}
+	if c.AckWait < time.Second {
+		errs = append(errs, errors.New("notify-ack-wait must be at least 1s"))
 	}
 	errs = append(errs, c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate())
 	return errors.Join(errs...)

@@ -64,10 +64,16 @@ func TestConfigInvalid(t *testing.T) {
 		env     map[string]string
 		wantErr string
 	}{
-		{"nothing to post to", nil, nil, "no alert destination: set SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN and SLACK_CHANNEL, or CONSOLE=true"},
+		{"nothing to post to", nil, nil, "no alert destination: set SLACK_WEBHOOK_URL, or SLACK_BOT_TOKEN and SLACK_CHANNEL, or JSON_WEBHOOK_URL, or CONSOLE=true"},
 		{"bot token without channel", nil, map[string]string{"SLACK_BOT_TOKEN": "xoxb-1"}, "slack-bot-token needs slack-channel"},
 		{"channel without bot token", nil, map[string]string{"SLACK_CHANNEL": "C1", "CONSOLE": "1"}, "slack-channel is only used with slack-bot-token"},
-		{"webhook and bot token", nil, map[string]string{"SLACK_WEBHOOK_URL": secretWebhook, "SLACK_BOT_TOKEN": "xoxb-1", "SLACK_CHANNEL": "C1"}, "not both"},
+		{"json webhook not a URL", nil, map[string]string{"JSON_WEBHOOK_URL": "siem/SECRET"}, "json-webhook-url: want an absolute https:// URL"},
+		{"kibana url with a pipe", []string{"-console", "-kibana-url", "https://k|x"}, nil, "kibana-url"},
+		{"budget", []string{"-console", "-notify-budget", "-1"}, nil, "notify-budget must not be negative"},
+		{"window", []string{"-console", "-notify-window", "-1s"}, nil, "notify-window must not be negative"},
+		{"digest", []string{"-console", "-notify-digest-interval", "0s"}, nil, "notify-digest-interval must be positive"},
+		{"max age", []string{"-console", "-notify-max-age", "0s"}, nil, "notify-max-age must be positive"},
+		{"ack wait", []string{"-console", "-notify-ack-wait", "100ms"}, nil, "notify-ack-wait must be at least 1s"},
 		{"webhook not a URL", nil, map[string]string{"SLACK_WEBHOOK_URL": "hooks.slack.com/services/T0SECRET"}, "slack-webhook-url: want an absolute https:// URL"},
 		{"api url", []string{"-console", "-slack-api-url", "ftp://x/"}, nil, "slack-api-url"},
 		{"timeout", []string{"-console", "-slack-timeout", "0s"}, nil, "slack-timeout must be positive"},

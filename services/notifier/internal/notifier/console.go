@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"sync"
 
-	"github.com/whalewatch/whalewatch/pkg/event"
 	"github.com/whalewatch/whalewatch/services/notifier/internal/render"
 )
 
-// Console prints each alert as one line (render.Line) to a writer: what
+// Console prints each notice as one line (render.Line) to a writer: what
 // `make run` shows, and a way to watch alerts without Slack.
 type Console struct {
 	mu sync.Mutex
@@ -20,18 +20,29 @@ type Console struct {
 // NewConsole returns a sink that prints to w.
 func NewConsole(w io.Writer) *Console { return &Console{w: w} }
 
-// Send prints e.
-func (c *Console) Send(ctx context.Context, e *event.Event) error {
+// Name is the destination's name.
+func (c *Console) Name() string { return DestConsole }
+
+// Post prints n.
+func (c *Console) Post(ctx context.Context, n Notice) (string, error) {
 	if err := ctx.Err(); err != nil {
-		return err
+		return "", err
 	}
-	line := render.Line(e) + "\n"
+	var line string
+	switch n.Kind {
+	case render.KindDigest:
+		line = "DIGEST " + strconv.Itoa(n.Digest.Count) + " threats not shown one by one (" + strconv.Itoa(n.Digest.Stale) + " older than the maximum age)"
+	case render.KindGroup:
+		line = "REPEATED " + strconv.Itoa(n.Count) + " more times: " + render.Line(n.Event)
+	default:
+		line = render.Line(n.Event)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, err := io.WriteString(c.w, line); err != nil {
-		return fmt.Errorf("printing alert: %w", err)
+	if _, err := io.WriteString(c.w, line+"\n"); err != nil {
+		return "", fmt.Errorf("printing alert: %w", err)
 	}
-	return nil
+	return "", nil
 }
 
 // Close does nothing: the writer belongs to the caller.

@@ -4,46 +4,90 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"strings"
 	"time"
-
-	"github.com/slack-go/slack"
 
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/services/notifier/internal/render"
 )
 
-// Sink delivers alerts somewhere people read them.
+// Notice is one thing a destination is told: a threat (Kind alert), the
+// repeats of a threat posted earlier (group), or the threats that were not
+// posted one by one (digest).
+type Notice struct {
+	Kind string // render.KindAlert, KindGroup or KindDigest
+	// Event is the threat (alert) or the first of the group (group).
+	Event *event.Event
+	// Count is how many threats the notice stands for: 1 for a new alert, the
+	// total for an alert updated with its repeats, the repeats for a group.
+	Count int
+	// Since is when the group started; Window its length.
+	Since  time.Time
+	Window time.Duration
+	Digest render.DigestStats
+}
+
+// Alert is the notice of one threat.
+func Alert(e *event.Event) Notice { return Notice{Kind: render.KindAlert, Event: e, Count: 1} }
+
+// Sink delivers notices somewhere people (or programs) read them.
 //
-// Send delivers one threat and returns nil only once the destination has
-// accepted it: the caller then acks the message. Otherwise it returns
+// Post delivers one notice and returns nil only once the destination has
+// accepted it, with a reference to the message when the destination can
+// update it (the Web API's channel and ts), else "". Otherwise it returns
 //
-//   - a bus.Permanent error when the alert can never be delivered as it is
-//     (Slack rejected the payload, the channel or the credentials): the
-//     message is dead-lettered;
-//   - any other error when a retry may succeed (Slack 5xx, network failure,
-//     timeout): the message is redelivered later. When the destination asked
-//     to slow down, the error carries the wait (see RetryAfter) and the
-//     caller sends nothing before it has passed.
+//   - a bus.Permanent error when the notice can never be delivered as it is
+//     (Slack rejected the payload, the channel or the credentials);
+//   - an error for which RetryAfter reports true when the destination asked
+//     to slow down (HTTP 429), with the wait it asked for;
+//   - any other error when a retry may succeed (5xx, network failure,
+//     timeout). The destination may have accepted the notice anyway (a lost
+//     answer): retrying may then repeat it.
 //
-// Send must be safe to call again for the same threat after an error.
-// Close releases the sink's resources once no Send is running.
-//
-// A sink sees one threat at a time. Throttling or grouping bursts of threats
-// will be a Sink that wraps another, so neither the consumer nor the Slack
-// sinks change.
+// Name names the destination, for metrics, claim keys and routes; String
+// describes it without secrets. Close releases the sink's resources once no
+// Post is running.
 type Sink interface {
-	Send(ctx context.Context, e *event.Event) error
+	Name() string
+	Post(ctx context.Context, n Notice) (ref string, err error)
 	Close(ctx context.Context) error
 }
+
+// Updater is a Sink that can update a message it posted (chat.update).
+type Updater interface {
+	Update(ctx context.Context, ref string, n Notice) error
+}
+
+// Destination names, the values of routes' to: lists.
+const (
+	DestConsole      = "console"
+	DestSlackWebhook = "slack-webhook"
+	DestSlackAPI     = "slack-api"
+	DestJSONWebhook  = "json-webhook"
+)
+
+// SendError is a failed delivery, with what the destination answered. Its
+// message never holds a secret.
+type SendError struct {
+	msg string
+	// Status is the HTTP status (0 without an answer); Code the Slack error
+	// code, when there is one.
+	Status int
+	Code   string
+	// Limited is set on a 429; Wait is its Retry-After.
+	Limited bool
+	Wait    time.Duration
+	err     error
+}
+
+func (e *SendError) Error() string { return e.msg }
+func (e *SendError) Unwrap() error { return e.err }
 
 // RetryAfter returns how long the destination asked the caller to wait
 // before sending again, if err says so.
 func RetryAfter(err error) (time.Duration, bool) {
-	if rl, ok := errors.AsType[*slack.RateLimitedError](err); ok {
-		return rl.RetryAfter, true
+	if se, ok := errors.AsType[*SendError](err); ok && se.Limited {
+		return se.Wait, true
 	}
 	return 0, false
 }
@@ -54,7 +98,8 @@ func RetryAfter(err error) (time.Duration, bool) {
 var permanentCodes = map[string]bool{
 	"invalid_blocks": true, "invalid_blocks_format": true, "invalid_payload": true, "no_text": true,
 	"msg_too_long": true, "msg_blocks_too_long": true, "too_many_attachments": true, "invalid_arguments": true,
-	"invalid_json": true, "invalid_form_data": true, "json_not_object": true,
+	"invalid_json": true, "invalid_form_data": true, "json_not_object": true, "invalid_attachments": true,
+	"invalid_metadata_format": true, "invalid_metadata_schema": true, "message_not_found": true, "cant_update_message": true,
 
 	"channel_not_found": true, "not_in_channel": true, "is_archived": true, "channel_is_archived": true,
 	"invalid_auth": true, "not_authed": true, "account_inactive": true, "token_revoked": true,
@@ -66,113 +111,35 @@ var permanentCodes = map[string]bool{
 // transientCodes are the Slack error codes that mean "try again later".
 var transientCodes = map[string]bool{
 	"internal_error": true, "fatal_error": true, "service_unavailable": true,
-	"request_timeout": true, "ratelimited": true, "rate_limited": true,
+	"request_timeout": true,
 }
 
-// classify decides whether a failed post can succeed on retry. code is the
-// Slack error code, when Slack answered one. An error Slack answered with a
-// code it does not document as transient is permanent; an error without an
-// answer (network, timeout, cancellation) is transient.
-func classify(err error, code string) error {
-	if err == nil {
+// classify turns an answer into nil or an error: 2xx with no Slack error
+// code is success; a 429 or a ratelimited code is a rate limit; 5xx, 408,
+// the transient codes and no answer at all are transient; every other code
+// and 4xx is permanent.
+func classify(what string, status int, code string, wait time.Duration, err error) error {
+	se := &SendError{Status: status, Code: code, err: err}
+	switch {
+	case err != nil:
+		se.msg = what + ": " + err.Error()
+		return se
+	case status == 429 || code == "ratelimited" || code == "rate_limited":
+		se.Limited, se.Wait = true, wait
+		se.msg = fmt.Sprintf("%s: rate limited (HTTP %d), retry after %v", what, status, wait)
+		return se
+	case status >= 200 && status < 300 && code == "":
 		return nil
 	}
-	if _, ok := RetryAfter(err); ok {
-		return err
+	se.msg = fmt.Sprintf("%s: HTTP %d", what, status)
+	if code != "" {
+		se.msg += fmt.Sprintf(": destination answered %q", code)
 	}
 	switch {
-	case permanentCodes[code]:
-		return bus.Permanent(err)
-	case transientCodes[code]:
-		return err
+	case transientCodes[code], status >= 500, status == 408:
+		return se
+	case permanentCodes[code], status >= 400, code != "":
+		return bus.Permanent(se)
 	}
-	if sc, ok := errors.AsType[slack.StatusCodeError](err); ok {
-		if sc.Code == http.StatusRequestTimeout || sc.Retryable() {
-			return err
-		}
-		return bus.Permanent(err)
-	}
-	if _, ok := errors.AsType[slack.SlackErrorResponse](err); ok {
-		return bus.Permanent(err)
-	}
-	return err
-}
-
-// sinkError is an error whose message has the sink's secrets (webhook URL,
-// token) replaced, and the answer Slack gave added; it unwraps to the error
-// slack-go returned, for classification.
-type sinkError struct {
-	msg string
-	err error
-}
-
-func (e *sinkError) Error() string { return e.msg }
-func (e *sinkError) Unwrap() error { return e.err }
-
-// redact wraps err with a message naming what failed, with every secret
-// replaced by "[redacted]" and Slack's answer appended when there is one.
-func redact(what string, err error, answer string, secrets ...string) error {
-	msg := err.Error()
-	for _, s := range secrets {
-		if s != "" {
-			msg = strings.ReplaceAll(msg, s, "[redacted]")
-		}
-	}
-	if answer != "" {
-		msg += ": Slack answered " + fmt.Sprintf("%q", answer)
-	}
-	return &sinkError{msg: what + ": " + msg, err: err}
-}
-
-// tee sends to each sink in order and stops at the first failure, so a
-// retried alert reaches a later sink once. The console goes last: it cannot
-// fail for reasons a retry fixes, and printing before Slack accepted would
-// print again on every retry.
-type tee []Sink
-
-func (t tee) Send(ctx context.Context, e *event.Event) error {
-	for _, s := range t {
-		if err := s.Send(ctx, e); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (t tee) Close(ctx context.Context) error {
-	var errs []error
-	for _, s := range t {
-		errs = append(errs, s.Close(ctx))
-	}
-	return errors.Join(errs...)
-}
-
-func (t tee) String() string {
-	names := make([]string, len(t))
-	for i, s := range t {
-		names[i] = fmt.Sprint(s)
-	}
-	return strings.Join(names, ", ")
-}
-
-// NewSink builds the sinks cfg asks for: Slack (webhook or Web API), then the
-// console on stdout.
-func NewSink(cfg Config, stdout io.Writer) (Sink, error) {
-	var sinks tee
-	switch {
-	case cfg.Slack.WebhookURL != "":
-		sinks = append(sinks, NewWebhook(cfg.Slack.WebhookURL, cfg.Slack.Timeout))
-	case cfg.Slack.BotToken != "":
-		sinks = append(sinks, NewWebAPI(cfg.Slack.BotToken, cfg.Slack.Channel, cfg.Slack.APIURL, cfg.Slack.Timeout))
-	}
-	if cfg.Console {
-		sinks = append(sinks, NewConsole(stdout))
-	}
-	switch len(sinks) {
-	case 0:
-		return nil, errors.New("no alert destination configured")
-	case 1:
-		return sinks[0], nil
-	}
-	return sinks, nil
+	return se
 }

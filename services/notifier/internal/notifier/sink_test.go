@@ -3,8 +3,11 @@ package notifier
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +17,7 @@ import (
 
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/services/notifier/internal/render"
 	"github.com/whalewatch/whalewatch/testkit/slackstub"
 )
 
@@ -114,11 +118,11 @@ func (w *failingWriter) lines() []string {
 var sinkFixtures = map[string]func(t *testing.T) sinkFixture{
 	"webhook": func(t *testing.T) sinkFixture {
 		s := slackstub.New(t)
-		return sinkFixture{NewWebhook(s.WebhookURL(), 5*time.Second), stubDelivered(s), stubInject(s), true}
+		return sinkFixture{NewWebhook(s.WebhookURL(), 5*time.Second, render.Options{}), stubDelivered(s), stubInject(s), true}
 	},
 	"webapi": func(t *testing.T) sinkFixture {
 		s := slackstub.New(t)
-		return sinkFixture{NewWebAPI(slackstub.Token, slackstub.ChannelID, s.APIURL(), 5*time.Second), stubDelivered(s), stubInject(s), true}
+		return sinkFixture{NewWebAPI(slackstub.Token, slackstub.ChannelID, s.APIURL(), 5*time.Second, render.Options{}), stubDelivered(s), stubInject(s), true}
 	},
 	"console": func(t *testing.T) sinkFixture {
 		w := &failingWriter{}
@@ -132,10 +136,9 @@ var sinkFixtures = map[string]func(t *testing.T) sinkFixture{
 			return true
 		}, false}
 	},
-	"webhook+console": func(t *testing.T) sinkFixture {
-		s := slackstub.New(t)
-		w := &failingWriter{}
-		return sinkFixture{tee{NewWebhook(s.WebhookURL(), 5*time.Second), NewConsole(w)}, stubDelivered(s), stubInject(s), true}
+	"json-webhook": func(t *testing.T) sinkFixture {
+		j := newJSONReceiver(t)
+		return sinkFixture{NewJSONWebhook(j.srv.URL+"/hook/SECRET", 5*time.Second), j.delivered, j.inject, false}
 	},
 }
 
@@ -150,7 +153,7 @@ func TestSinkContract(t *testing.T) {
 			t.Run("delivers what a reader needs", func(t *testing.T) {
 				f := newFixture(t)
 				defer f.sink.Close(ctx)
-				require.NoError(t, f.sink.Send(ctx, threat("a1", event.SeverityHigh)))
+				require.NoError(t, postAlert(ctx, f.sink, threat("a1", event.SeverityHigh)))
 				got := f.delivered()
 				require.Len(t, got, 1)
 				for _, want := range []string{"web-a1", "nginx:1.27", "docker-host-1", "suspicious-tool-netcat", "nc -l -p 4444"} {
@@ -162,13 +165,13 @@ func TestSinkContract(t *testing.T) {
 				f := newFixture(t)
 				defer f.sink.Close(ctx)
 				require.True(t, f.inject(failTransient))
-				err := f.sink.Send(ctx, threat("a2", event.SeverityHigh))
+				err := postAlert(ctx, f.sink, threat("a2", event.SeverityHigh))
 				require.Error(t, err)
 				require.False(t, bus.IsPermanent(err), "%v", err)
 				_, limited := RetryAfter(err)
 				require.False(t, limited)
 				require.Empty(t, f.delivered())
-				require.NoError(t, f.sink.Send(ctx, threat("a2", event.SeverityHigh)), "the retry succeeds")
+				require.NoError(t, postAlert(ctx, f.sink, threat("a2", event.SeverityHigh)), "the retry succeeds")
 				require.Len(t, f.delivered(), 1)
 			})
 
@@ -178,7 +181,7 @@ func TestSinkContract(t *testing.T) {
 				if !f.inject(failRateLimited) {
 					t.Skip("this destination has no rate limit")
 				}
-				err := f.sink.Send(ctx, threat("a3", event.SeverityHigh))
+				err := postAlert(ctx, f.sink, threat("a3", event.SeverityHigh))
 				require.Error(t, err)
 				require.False(t, bus.IsPermanent(err))
 				d, ok := RetryAfter(err)
@@ -192,9 +195,11 @@ func TestSinkContract(t *testing.T) {
 				if !f.inject(failPermanent) {
 					t.Skip("this destination rejects nothing")
 				}
-				err := f.sink.Send(ctx, threat("a4", event.SeverityHigh))
+				err := postAlert(ctx, f.sink, threat("a4", event.SeverityHigh))
 				require.True(t, bus.IsPermanent(err), "%v", err)
-				require.Contains(t, err.Error(), "invalid_blocks")
+				if f.slack {
+					require.Contains(t, err.Error(), "invalid_blocks")
+				}
 				require.Empty(t, f.delivered())
 			})
 
@@ -203,7 +208,7 @@ func TestSinkContract(t *testing.T) {
 				defer f.sink.Close(ctx)
 				cctx, cancel := context.WithCancel(ctx)
 				cancel()
-				err := f.sink.Send(cctx, threat("a5", event.SeverityHigh))
+				err := postAlert(cctx, f.sink, threat("a5", event.SeverityHigh))
 				require.Error(t, err)
 				require.False(t, bus.IsPermanent(err))
 				require.Empty(t, f.delivered())
@@ -214,7 +219,7 @@ func TestSinkContract(t *testing.T) {
 				defer f.sink.Close(ctx)
 				e := threat("a6", event.SeverityCritical)
 				e.Process.CommandLine = "<!channel> ``` $(rm -rf /)\x1b[2J\n" + strings.Repeat("A", 8000)
-				require.NoError(t, f.sink.Send(ctx, e))
+				require.NoError(t, postAlert(ctx, f.sink, e))
 				got := f.delivered()
 				require.Len(t, got, 1, "one alert, one message (one line)")
 				require.Contains(t, got[0], "$(rm -rf /)")
@@ -236,9 +241,9 @@ func TestSlackErrors(t *testing.T) {
 		new  func(s *slackstub.Server) Sink
 	}
 	kinds := []sinkKind{
-		{"webhook", func(s *slackstub.Server) Sink { return NewWebhook(s.WebhookURL(), 5*time.Second) }},
+		{"webhook", func(s *slackstub.Server) Sink { return NewWebhook(s.WebhookURL(), 5*time.Second, render.Options{}) }},
 		{"webapi", func(s *slackstub.Server) Sink {
-			return NewWebAPI(slackstub.Token, slackstub.ChannelID, s.APIURL(), 5*time.Second)
+			return NewWebAPI(slackstub.Token, slackstub.ChannelID, s.APIURL(), 5*time.Second, render.Options{})
 		}},
 	}
 	tests := []struct {
@@ -278,7 +283,7 @@ func TestSlackErrors(t *testing.T) {
 				} else {
 					s.FailNext(1, tt.status)
 				}
-				err := k.new(s).Send(t.Context(), threat("e1", event.SeverityHigh))
+				err := postAlert(t.Context(), k.new(s), threat("e1", event.SeverityHigh))
 				require.Error(t, err)
 				require.Equal(t, tt.permanent, bus.IsPermanent(err), "%v", err)
 				if tt.code != "" {
@@ -294,12 +299,12 @@ func TestSlackErrors(t *testing.T) {
 func TestWebAPIWrongToken(t *testing.T) {
 	t.Parallel()
 	s := slackstub.New(t)
-	err := NewWebAPI("xoxb-wrong-token", slackstub.ChannelID, s.APIURL(), 5*time.Second).Send(t.Context(), threat("e1", event.SeverityHigh))
+	err := postAlert(t.Context(), NewWebAPI("xoxb-wrong-token", slackstub.ChannelID, s.APIURL(), 5*time.Second, render.Options{}), threat("e1", event.SeverityHigh))
 	require.True(t, bus.IsPermanent(err), "%v", err)
 	require.ErrorContains(t, err, "invalid_auth")
 	require.NotContains(t, err.Error(), "xoxb-wrong-token")
 
-	err = NewWebAPI(slackstub.Token, "C404", s.APIURL(), 5*time.Second).Send(t.Context(), threat("e1", event.SeverityHigh))
+	err = postAlert(t.Context(), NewWebAPI(slackstub.Token, "C404", s.APIURL(), 5*time.Second, render.Options{}), threat("e1", event.SeverityHigh))
 	require.True(t, bus.IsPermanent(err), "%v", err)
 	require.ErrorContains(t, err, "channel_not_found")
 }
@@ -309,26 +314,99 @@ func TestWebhookNeverRevealsItsURL(t *testing.T) {
 	s := slackstub.New(t)
 	secret := s.URL() + "/services/T0SECRET/B0SECRET/xyzSECRETxyz"
 
-	w := NewWebhook(secret, 5*time.Second)
-	err := w.Send(t.Context(), threat("e1", event.SeverityHigh))
+	w := NewWebhook(secret, 5*time.Second, render.Options{})
+	err := postAlert(t.Context(), w, threat("e1", event.SeverityHigh))
 	require.True(t, bus.IsPermanent(err), "an unknown webhook is permanent: %v", err)
 	require.ErrorContains(t, err, "no_service")
 	require.NotContains(t, err.Error(), "SECRET")
 	require.NotContains(t, w.String(), "SECRET")
 
 	s.Close()
-	err = w.Send(t.Context(), threat("e1", event.SeverityHigh))
+	err = postAlert(t.Context(), w, threat("e1", event.SeverityHigh))
 	require.Error(t, err)
 	require.False(t, bus.IsPermanent(err), "a connection failure is transient: %v", err)
 	require.NotContains(t, err.Error(), "SECRET")
 }
 
-func TestNewSink(t *testing.T) {
+func TestNewSinks(t *testing.T) {
 	t.Parallel()
 	var out bytes.Buffer
-	s, err := NewSink(Config{Console: true, Slack: SlackConfig{WebhookURL: secretWebhook, Timeout: time.Second}}, &out)
+	sinks, err := NewSinks(Config{Console: true, Slack: SlackConfig{WebhookURL: secretWebhook, BotToken: "xoxb-1", Channel: "C1", APIURL: "https://slack.com/api/", Timeout: time.Second}, JSONWebhookURL: "https://siem.example.com/x"}, &out)
 	require.NoError(t, err)
-	require.Equal(t, "slack-webhook(hooks.slack.com), console", s.(interface{ String() string }).String())
-	_, err = NewSink(Config{}, &out)
+	var names []string
+	for _, s := range sinks {
+		names = append(names, fmt.Sprint(s))
+	}
+	require.Equal(t, []string{"console", "slack-webhook(hooks.slack.com)", "slack-api(C1)", "json-webhook(siem.example.com)"}, names)
+	_, err = NewSinks(Config{}, &out)
 	require.Error(t, err)
+}
+
+// postAlert posts one threat.
+func postAlert(ctx context.Context, s Sink, e *event.Event) error {
+	_, err := s.Post(ctx, Alert(e))
+	return err
+}
+
+// jsonReceiver is a generic JSON webhook endpoint for tests.
+type jsonReceiver struct {
+	srv   *httptest.Server
+	mu    sync.Mutex
+	docs  []jsonNotice
+	fails []int
+}
+
+func newJSONReceiver(t *testing.T) *jsonReceiver {
+	j := &jsonReceiver{}
+	j.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		j.mu.Lock()
+		defer j.mu.Unlock()
+		if len(j.fails) > 0 {
+			status := j.fails[0]
+			j.fails = j.fails[1:]
+			if status == http.StatusTooManyRequests {
+				w.Header().Set("Retry-After", "1")
+			}
+			w.WriteHeader(status)
+			return
+		}
+		var d jsonNotice
+		if err := json.NewDecoder(r.Body).Decode(&d); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		j.docs = append(j.docs, d)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(j.srv.Close)
+	return j
+}
+
+func (j *jsonReceiver) received() []jsonNotice {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return append([]jsonNotice(nil), j.docs...)
+}
+
+func (j *jsonReceiver) delivered() []string {
+	var out []string
+	for _, d := range j.received() {
+		b, _ := json.Marshal(d.Event)
+		out = append(out, string(b))
+	}
+	return out
+}
+
+func (j *jsonReceiver) inject(f failure) bool {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	switch f {
+	case failTransient:
+		j.fails = append(j.fails, http.StatusBadGateway)
+	case failRateLimited:
+		j.fails = append(j.fails, http.StatusTooManyRequests)
+	case failPermanent:
+		j.fails = append(j.fails, http.StatusBadRequest)
+	}
+	return true
 }

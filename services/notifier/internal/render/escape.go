@@ -100,19 +100,53 @@ func (w *bounded) Len() int { return len(w.String()) }
 //   - text that does not fit is cut on a character boundary, never inside an
 //     entity, and ends with "…".
 func escape(s string, max int, code bool) string {
+	var marks markers
+	if !code {
+		marks = formatting(s)
+	}
+	return escapeMarks(s, max, code, marks)
+}
+
+// piece is escape for a value that render joins with others into one text:
+// every *, _ and ~ is neutralised, since a marker in one value could pair
+// with one in the next (an :emoji: code cannot span the spaces between
+// values, so ':' is neutralised as escape does).
+func piece(s string, max int) string { return escapeMarks(s, max, false, formatting(s)|7) }
+
+// sentence joins pieces (render's own template text and values escaped
+// already) into at most max bytes, never splitting a piece.
+func sentence(max int, pieces ...string) string {
+	var w bounded
+	w.init(max, 256)
+	for _, p := range pieces {
+		if !w.add(p) {
+			break
+		}
+	}
+	if strings.TrimSpace(w.String()) == "" {
+		return "-"
+	}
+	return w.String()
+}
+
+func escapeMarks(s string, max int, code bool, marks markers) string {
 	var w bounded
 	w.init(max, len(s))
 	prevTick := code // the opening fence counts as a backtick
-	for _, r := range s {
+	for i, r := range s {
 		var piece string
 		switch {
+		case !code && r < utf8.RuneSelf && marks.has(byte(r)):
+			piece = zwsp + string(r)
+		case r == '@' && mentionWord(s[i+1:]):
+			piece = "@" + zwsp
 		case r == '&':
 			piece = "&amp;"
 		case r == '<':
 			piece = "&lt;"
 		case r == '>':
 			piece = "&gt;"
-		case r == '\t' || r == '\n' || r == '\r':
+		case r == '\t' || r == '\n' || r == '\r' || r == '\u2028' || r == '\u2029':
 			piece = " "
 		case isControl(r):
 			continue
@@ -136,13 +170,70 @@ func escape(s string, max int, code bool) string {
 	return w.String()
 }
 
+// markers is the set of mrkdwn formatting characters (* _ ~ :) that occur
+// at least twice in a text, so could open and close bold, italics,
+// strike-through or an :emoji: code. Each of them gets a zero-width space in
+// front: Slack only formats from a marker at a word boundary, and an emoji
+// name cannot hold one. A marker that occurs once cannot format and is left
+// alone, so "nginx:1.27" and "my_app" read as they are.
+type markers uint8
+
+func formatting(s string) markers {
+	var n [4]int
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '*':
+			n[0]++
+		case '_':
+			n[1]++
+		case '~':
+			n[2]++
+		case ':':
+			n[3]++
+		}
+	}
+	var m markers
+	for i, c := range n {
+		if c >= 2 {
+			m |= 1 << i
+		}
+	}
+	return m
+}
+
+func (m markers) has(c byte) bool {
+	switch c {
+	case '*':
+		return m&1 != 0
+	case '_':
+		return m&2 != 0
+	case '~':
+		return m&4 != 0
+	case ':':
+		return m&8 != 0
+	}
+	return false
+}
+
+// mentionWord reports whether s (what follows an '@') starts with a word that
+// Slack would turn into a broadcast mention where parsing is on.
+func mentionWord(s string) bool {
+	for _, w := range []string{"channel", "here", "everyone"} {
+		if len(s) >= len(w) && strings.EqualFold(s[:len(w)], w) {
+			return true
+		}
+	}
+	return false
+}
+
 // isControl reports whether r is a control character (C0, DEL, C1) or a
 // Unicode bidi control, which could reorder the text around it.
 func isControl(r rune) bool {
 	if r < utf8.RuneSelf {
 		return r < ' ' || r == 0x7f
 	}
-	return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)
+	// U+2028 and U+2029 break lines in many viewers, and JavaScript strings.
+	return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r) || r == '\u2028' || r == '\u2029'
 }
 
 // value is escape for a field value: never empty, because Slack rejects an

@@ -41,26 +41,67 @@ const (
 	maxCmdLine = 2048
 )
 
-// Message is a Slack message: Block Kit blocks and the fallback text Slack
-// shows in notifications and where blocks cannot be rendered.
+// Message is a Slack message: Block Kit blocks inside an attachment whose
+// colour bar shows the severity, and the fallback text Slack shows in
+// notifications and where blocks cannot be rendered.
 type Message struct {
 	Text   string
+	Color  string
 	Blocks []slack.Block
+	// Kind and Threats go into the message's metadata: what the message is
+	// (alert, group, digest) and how many threats it accounts for.
+	Kind    string
+	Threats int
 }
 
-// severityEmoji is the emoji shortcode in front of a severity.
+// Kinds of messages.
+const (
+	KindAlert  = "alert"  // one threat (and, once updated, its repeats)
+	KindGroup  = "group"  // the repeats of a threat posted earlier
+	KindDigest = "digest" // threats over the post budget, or too old
+)
+
+// Options are what rendering needs beyond the event.
+type Options struct {
+	// KibanaURL is Kibana's base URL; when set, messages link to the threats
+	// in Discover.
+	KibanaURL string
+	// Count is how many threats of this rule on this container the message
+	// stands for (0 or 1: just this one), and Since when the first was seen.
+	Count int
+	Since time.Time
+}
+
+// severityEmoji is the emoji in front of a severity. It is a character, not
+// a :shortcode:, so that headers need no emoji parsing, which would also turn
+// an attacker's :codes: into emoji.
 func severityEmoji(s event.Severity) string {
 	switch s {
 	case event.SeverityCritical:
-		return ":rotating_light:"
+		return "🚨"
 	case event.SeverityHigh:
-		return ":red_circle:"
+		return "🔴"
 	case event.SeverityMedium:
-		return ":large_orange_circle:"
+		return "🟠"
 	case event.SeverityLow:
-		return ":large_yellow_circle:"
+		return "🟡"
 	}
-	return ":white_circle:"
+	return "⚪"
+}
+
+// Color is the attachment colour of a severity.
+func Color(s event.Severity) string {
+	switch s {
+	case event.SeverityCritical:
+		return "#8B0000"
+	case event.SeverityHigh:
+		return "#E01E1E"
+	case event.SeverityMedium:
+		return "#F2952F"
+	case event.SeverityLow:
+		return "#F2C744"
+	}
+	return "#9E9E9E"
 }
 
 // Slack renders threat e as a Block Kit message:
@@ -71,7 +112,7 @@ func severityEmoji(s event.Severity) string {
 //	section  the command line in a code block
 //	section  the rule's description
 //	context  when it happened, the event id
-func Slack(e *event.Event) Message {
+func Slack(e *event.Event, o Options) Message {
 	rule := e.Rule
 	if rule == nil {
 		rule = &event.Rule{}
@@ -82,9 +123,13 @@ func Slack(e *event.Event) Message {
 	}
 	sev := strings.ToUpper(string(e.Whalewatch.Severity))
 
-	blocks := make([]slack.Block, 0, 5)
+	title := severityEmoji(e.Whalewatch.Severity) + " " + sev + " " + name
+	if o.Count > 1 {
+		title = severityEmoji(e.Whalewatch.Severity) + " " + sev + " ×" + strconv.Itoa(o.Count) + " " + name
+	}
+	blocks := make([]slack.Block, 0, 6)
 	blocks = append(blocks, slack.NewHeaderBlock(
-		slack.NewTextBlockObject(slack.PlainTextType, value(severityEmoji(e.Whalewatch.Severity)+" "+sev+" "+name, MaxHeader), true, false)))
+		slack.NewTextBlockObject(slack.PlainTextType, value(title, MaxHeader), false, false)))
 	blocks = append(blocks, slack.NewSectionBlock(nil, fields(e), nil))
 	if p := e.Process; p != nil {
 		cmd := p.CommandLine
@@ -102,11 +147,70 @@ func Slack(e *event.Event) Message {
 	if d := escape(rule.Description, MaxSection, false); strings.TrimSpace(d) != "" {
 		blocks = append(blocks, slack.NewSectionBlock(mrkdwn(d), nil, nil))
 	}
-	blocks = append(blocks, slack.NewContextBlock("",
-		mrkdwn(when(e.Timestamp)),
-		mrkdwn("event "+value(e.Event.ID, maxValue)),
-	))
-	return Message{Text: fallback(e, sev, name), Blocks: blocks}
+	if r := e.Whalewatch.Response; r != nil {
+		blocks = append(blocks, slack.NewSectionBlock(mrkdwn("*Response*\n"+response(r)), nil, nil))
+	}
+	ctx := []slack.MixedElement{mrkdwn(when(e.Timestamp)), mrkdwn("event " + value(e.Event.ID, maxValue))}
+	if o.Count > 1 {
+		ctx = append(ctx, mrkdwn(strconv.Itoa(o.Count)+" times on this container since "+when(o.Since)))
+	}
+	if link := kibanaEvent(o.KibanaURL, e.Event.ID); link != "" {
+		ctx = append(ctx, mrkdwn("<"+link+"|Open in Kibana>"))
+	}
+	blocks = append(blocks, slack.NewContextBlock("", ctx...))
+	text := fallback(e, sev, name)
+	if o.Count > 1 {
+		text = sentence(MaxText, "×"+strconv.Itoa(o.Count)+" ", text)
+	}
+	return Message{Text: text, Color: Color(e.Whalewatch.Severity), Blocks: blocks, Kind: KindAlert, Threats: max(o.Count, 1)}
+}
+
+// response says what the detector did or proposes about the threat.
+func response(r *event.Response) string {
+	s := value(r.Action, 64)
+	switch {
+	case r.DryRun:
+		s += " (proposed, dry run)"
+	case r.Status != "":
+		s += " (" + value(r.Status, 64) + ")"
+	default:
+		s += " (requested)"
+	}
+	if r.Reason != "" {
+		s += ": " + value(r.Reason, maxValue)
+	}
+	return s
+}
+
+// kibanaEvent links to the event in Kibana's Discover, when base is set and
+// the id is one render can put in a URL unescaped (event ids are hex).
+func kibanaEvent(base, id string) string {
+	if base == "" || !plainID(id) {
+		return ""
+	}
+	return strings.TrimSuffix(base, "/") + "/app/discover#/?_a=(query:(language:kuery,query:'event.id:" + id + "'))"
+}
+
+// kibanaRange links to the threats between from and to in Discover.
+func kibanaRange(base string, from, to time.Time) string {
+	if base == "" {
+		return ""
+	}
+	return strings.TrimSuffix(base, "/") + "/app/discover#/?_g=(time:(from:'" + from.UTC().Format(time.RFC3339) +
+		"',to:'" + to.UTC().Add(time.Second).Format(time.RFC3339) + "'))&_a=(query:(language:kuery,query:'event.kind:alert'))"
+}
+
+func plainID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // mrkdwn is a mrkdwn text object with verbatim set, so that Slack does not
@@ -264,19 +368,114 @@ func when(t time.Time) string {
 
 // fallback is the message's text: one escaped line that says it all.
 func fallback(e *event.Event, sev, name string) string {
-	var b strings.Builder
-	b.WriteString(severityEmoji(e.Whalewatch.Severity) + " " + sev + " " + name)
+	parts := []string{severityEmoji(e.Whalewatch.Severity) + " ", piece(sev, 64), " ", piece(name, maxValue)}
 	if c := e.Container; c != nil {
-		b.WriteString(" in container " + event.Truncate(c.Name, maxValue))
+		parts = append(parts, " in container ", piece(c.Name, maxValue))
 		if c.Image.Name != "" {
-			b.WriteString(" (image " + event.Truncate(c.Image.Name, maxValue) + ")")
+			parts = append(parts, " (image ", piece(c.Image.Name, maxValue), ")")
 		}
 	}
-	b.WriteString(" on host " + event.Truncate(e.Host.Name, maxValue))
+	parts = append(parts, " on host ", piece(e.Host.Name, maxValue))
 	if p := e.Process; p != nil && p.CommandLine != "" {
-		b.WriteString(": " + event.Truncate(p.CommandLine, MaxText))
+		parts = append(parts, ": ", piece(p.CommandLine, MaxText))
 	}
-	return value(b.String(), MaxText)
+	return sentence(MaxText, parts...)
+}
+
+// Group renders the repeats of threat e (the first of its group, posted
+// already) within window: "+41 more: HIGH suspicious-tool-netcat on
+// container web (nginx:1.27) on host h in the last 1m0s".
+func Group(e *event.Event, more int, window time.Duration, o Options) Message {
+	rule := ""
+	if e.Rule != nil {
+		rule = e.Rule.ID
+	}
+	parts := []string{"+" + strconv.Itoa(more) + " more: ", piece(strings.ToUpper(string(e.Whalewatch.Severity)), 64), " ", piece(rule, maxValue)}
+	if c := e.Container; c != nil {
+		parts = append(parts, " on container ", piece(c.Name, maxValue), " (", piece(c.Image.Name, maxValue), ")")
+	}
+	parts = append(parts, " on host ", piece(e.Host.Name, maxValue), " in the last "+window.String())
+	text := sentence(MaxSection-200, parts...)
+	ctx := []slack.MixedElement{mrkdwn("first: event " + value(e.Event.ID, maxValue))}
+	if link := kibanaRange(o.KibanaURL, o.Since, time.Now()); link != "" {
+		ctx = append(ctx, mrkdwn("<"+link+"|Open in Kibana>"))
+	}
+	return Message{
+		Text:    text,
+		Color:   Color(e.Whalewatch.Severity),
+		Blocks:  []slack.Block{slack.NewSectionBlock(mrkdwn(text), nil, nil), slack.NewContextBlock("", ctx...)},
+		Kind:    KindGroup,
+		Threats: more,
+	}
+}
+
+// Tally is one name and how many threats had it.
+type Tally struct {
+	Name  string
+	Count int
+}
+
+// DigestStats describes the threats a digest stands for.
+type DigestStats struct {
+	Count      int
+	BySeverity map[event.Severity]int
+	Containers int
+	Rules      []Tally // most frequent first
+	Images     []Tally
+	// Stale counts the threats among Count that were older than the notifier's
+	// maximum age when read, so were not posted one by one.
+	Stale    int
+	From, To time.Time
+}
+
+// Digest renders threats that were not posted one by one: "312 more: 290
+// low, 22 medium on 40 containers; top rules: …; top images: …".
+func Digest(d DigestStats, o Options) Message {
+	var b []string
+	b = append(b, strconv.Itoa(d.Count)+" more:")
+	first := true
+	worst := event.SeverityLow
+	for i := len(event.Severities) - 1; i >= 0; i-- {
+		s := event.Severities[i]
+		if n := d.BySeverity[s]; n > 0 {
+			sep := ", "
+			if first {
+				worst, sep = s, " "
+			}
+			first = false
+			b = append(b, sep+strconv.Itoa(n)+" "+string(s))
+		}
+	}
+	b = append(b, " on "+strconv.Itoa(d.Containers)+" containers")
+	if d.Stale > 0 {
+		b = append(b, " ("+strconv.Itoa(d.Stale)+" older than the notifier's maximum age)")
+	}
+	tops := func(title string, ts []Tally) {
+		if len(ts) == 0 {
+			return
+		}
+		b = append(b, "; top "+title+": ")
+		for i, t := range ts[:min(len(ts), 5)] {
+			if i > 0 {
+				b = append(b, ", ")
+			}
+			b = append(b, piece(t.Name, 128), " ("+strconv.Itoa(t.Count)+")")
+		}
+	}
+	tops("rules", d.Rules)
+	tops("images", d.Images)
+	text := sentence(MaxSection-200, b...)
+	ctx := []slack.MixedElement{mrkdwn("from " + when(d.From) + " to " + when(d.To))}
+	if link := kibanaRange(o.KibanaURL, d.From, d.To); link != "" {
+		ctx = append(ctx, mrkdwn("<"+link+"|Open them in Kibana>"))
+	}
+	return Message{
+		Text:    text,
+		Color:   Color(worst),
+		Blocks:  []slack.Block{slack.NewSectionBlock(mrkdwn(text), nil, nil), slack.NewContextBlock("", ctx...)},
+		Kind:    KindDigest,
+		Threats: d.Count,
+	}
 }
 
 // Line renders threat e as one console line:

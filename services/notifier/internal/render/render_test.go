@@ -1,6 +1,7 @@
 package render
 
 import (
+	"bytes"
 	"encoding/json"
 	"flag"
 	"os"
@@ -84,6 +85,21 @@ func texts(m Message) (out []struct {
 	return out
 }
 
+// checkNeutral fails when text holds two markers of one kind (* _ ~ :) that
+// are not neutralised by a zero-width space in front.
+func checkNeutral(t testing.TB, where, text string, marks ...string) {
+	t.Helper()
+	if len(marks) == 0 {
+		marks = []string{"*", "_", "~", ":"}
+	}
+	for _, c := range marks {
+		bare := strings.Count(text, c) - strings.Count(text, "\u200b"+c)
+		if bare > 1 {
+			t.Fatalf("%s text has %d bare %q: %q", where, bare, c, text)
+		}
+	}
+}
+
 // checkMessage asserts what must hold for every rendered message.
 func checkMessage(t testing.TB, m Message) {
 	t.Helper()
@@ -109,7 +125,8 @@ func checkMessage(t testing.TB, m Message) {
 				break
 			}
 			rest = rest[i:]
-			if !strings.HasPrefix(rest, "<!date^") && !strings.HasPrefix(rest, "<https://attack.mitre.org/techniques/") {
+			if !strings.HasPrefix(rest, "<!date^") && !strings.HasPrefix(rest, "<https://attack.mitre.org/techniques/") &&
+				!strings.HasPrefix(rest, "<https://kibana.example.com/") {
 				t.Fatalf("%s text has a '<' that is not render's own: %q", tx.where, tx.text)
 			}
 			rest = rest[1:]
@@ -125,8 +142,39 @@ func checkMessage(t testing.TB, m Message) {
 			t.Fatalf("%d fields", len(s.Fields))
 		}
 	}
+	// No formatting from the input: in what render does not write itself
+	// (field values, the fallback) a marker that could pair is neutralised.
+	checkNeutral(t, "fallback", m.Text, "*", "_", "~") // render's own ": " joins values
+	for _, tx := range texts(m) {
+		if tx.where == "field" {
+			_, v, _ := strings.Cut(tx.text, "\n")
+			if !strings.HasPrefix(v, "<https://attack.mitre.org/") {
+				checkNeutral(t, "field", v)
+			}
+		}
+		if strings.ContainsAny(tx.text, "\u2028\u2029") {
+			t.Fatalf("%s text has a line or paragraph separator: %q", tx.where, tx.text)
+		}
+		if i := strings.Index(strings.ToLower(tx.text), "@channel"); i >= 0 {
+			t.Fatalf("%s text has a bare @channel: %q", tx.where, tx.text)
+		}
+	}
+	raw, err := m.Webhook()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p struct {
+		Parse       string `json:"parse"`
+		Attachments []struct {
+			Color  string          `json:"color"`
+			Blocks json.RawMessage `json:"blocks"`
+		} `json:"attachments"`
+	}
+	if err := json.Unmarshal(raw, &p); err != nil || p.Parse != "none" || len(p.Attachments) != 1 || p.Attachments[0].Color == "" {
+		t.Fatalf("payload: %v %s", err, raw)
+	}
 	// Slack's own rules, as the stub checks them.
-	raw, err := json.Marshal(m.Blocks)
+	raw, err = json.Marshal(m.Blocks)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,13 +185,13 @@ func checkMessage(t testing.TB, m Message) {
 
 func TestSlack(t *testing.T) {
 	t.Parallel()
-	m := Slack(threat())
+	m := Slack(threat(), Options{})
 	checkMessage(t, m)
 	require.Len(t, m.Blocks, 5)
 
 	header := m.Blocks[0].(*slack.HeaderBlock)
 	require.Equal(t, slack.PlainTextType, header.Text.Type)
-	require.Equal(t, ":red_circle: HIGH Netcat executed in a container", header.Text.Text)
+	require.Equal(t, "🔴 HIGH Netcat executed in a container", header.Text.Text)
 
 	var fields []string
 	for _, f := range m.Blocks[1].(*slack.SectionBlock).Fields {
@@ -168,7 +216,7 @@ func TestSlack(t *testing.T) {
 	require.Equal(t, "<!date^1740832205^{date_short_pretty} {time_secs}|2025-03-01T12:30:05Z>", ctx[0].(*slack.TextBlockObject).Text)
 	require.Equal(t, "event 4f1c2a9b7d3e4f5a6b7c8d9e0f1a2b3c", ctx[1].(*slack.TextBlockObject).Text)
 
-	require.Equal(t, ":red_circle: HIGH Netcat executed in a container in container web (image nginx:1.27) on host docker-host-1: nc -l -p 4444", m.Text)
+	require.Equal(t, "🔴 HIGH Netcat executed in a container in container web (image nginx:1.27) on host docker-host-1: nc -l -p 4444", m.Text)
 }
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
@@ -181,13 +229,14 @@ var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 // Regenerate with go test ./internal/render -run TestGolden -update.
 func TestGolden(t *testing.T) {
 	t.Parallel()
-	m := Slack(threat())
-	got, err := json.MarshalIndent(struct {
-		Text   string        `json:"text"`
-		Blocks []slack.Block `json:"blocks"`
-	}{m.Text, m.Blocks}, "", "  ")
+	e := threat()
+	e.Whalewatch.Response = &event.Response{Action: "pause", DryRun: true, Reason: "policy pause-netcat"}
+	m := Slack(e, Options{KibanaURL: "https://kibana.example.com"})
+	body, err := m.Webhook()
 	require.NoError(t, err)
-	got = append(got, '\n')
+	var buf bytes.Buffer
+	require.NoError(t, json.Indent(&buf, body, "", "  "))
+	got := append(buf.Bytes(), '\n')
 	const path = "testdata/netcat.golden.json"
 	if *update {
 		require.NoError(t, os.MkdirAll("testdata", 0o755))
@@ -222,7 +271,7 @@ func TestSlackSparseThreat(t *testing.T) {
 			t.Parallel()
 			e := threat()
 			mutate(e)
-			checkMessage(t, Slack(e))
+			checkMessage(t, Slack(e, Options{}))
 			line := Line(e)
 			require.NotContains(t, line, "\n")
 			require.True(t, strings.HasPrefix(line, "ALERT "), line)
@@ -231,14 +280,14 @@ func TestSlackSparseThreat(t *testing.T) {
 	t.Run("technique links", func(t *testing.T) {
 		e := threat()
 		e.Threat.Technique.ID = []string{"T1059.004"}
-		require.Contains(t, Slack(e).Blocks[1].(*slack.SectionBlock).Fields[4].Text, "<https://attack.mitre.org/techniques/T1059/004/|T1059.004 ")
+		require.Contains(t, Slack(e, Options{}).Blocks[1].(*slack.SectionBlock).Fields[4].Text, "<https://attack.mitre.org/techniques/T1059/004/|T1059.004 ")
 		e.Threat.Technique.ID = []string{"T1095|<https://evil>"}
-		require.Equal(t, "*Technique*\nT1095|&lt;https://evil&gt; Non-Application Layer Protocol", Slack(e).Blocks[1].(*slack.SectionBlock).Fields[4].Text)
+		require.Equal(t, "*Technique*\nT1095|&lt;https://evil&gt; Non-Application Layer Protocol", Slack(e, Options{}).Blocks[1].(*slack.SectionBlock).Fields[4].Text)
 	})
 	t.Run("image tag", func(t *testing.T) {
 		e := threat()
 		e.Container.Image = event.Image{Name: "nginx", Tag: []string{"1.27"}}
-		require.Equal(t, "*Image*\nnginx:1.27", Slack(e).Blocks[1].(*slack.SectionBlock).Fields[1].Text)
+		require.Equal(t, "*Image*\nnginx:1.27", Slack(e, Options{}).Blocks[1].(*slack.SectionBlock).Fields[1].Text)
 	})
 }
 
@@ -254,7 +303,7 @@ func TestSlackHostile(t *testing.T) {
 	e.Process.Name = "```"
 	e.Rule.Name = strings.Repeat("<!channel>", 40)
 
-	m := Slack(e)
+	m := Slack(e, Options{})
 	checkMessage(t, m)
 	raw, err := json.Marshal(m)
 	require.NoError(t, err)
@@ -326,6 +375,7 @@ func FuzzSlack(f *testing.F) {
 	f.Add("web", "nginx:1.27", "host-1", "nc -l -p 4444", "k", "v", "Netcat", "T1095", "high")
 	f.Add("<!here>", "evil/<#C1>", "h\n<!everyone>", "<!channel> ``` $(rm -rf /)", "<@U1>", "<https://x|y>", "```", "T1059.001", "critical")
 	f.Add("\x1b\x00\u202e", "\xff\xfe", "", "`", "", "", "", "T", "<!channel>")
+	f.Add("*bold*", "_it_", "~s~", ":skull: @channel @here", "\u2028", "\u2029", ":fire:", "T1", "low")
 	f.Fuzz(func(t *testing.T, name, image, host, cmd, lk, lv, rule, tech, sev string) {
 		e := threat()
 		e.Container.Name, e.Container.Image.Name, e.Host.Name = name, image, host
@@ -337,7 +387,10 @@ func FuzzSlack(f *testing.F) {
 		e.Threat.Tactic.Name = []string{name}
 		e.Whalewatch.Severity = event.Severity(sev)
 		e.Event.ID = host
-		checkMessage(t, Slack(e))
+		checkMessage(t, Slack(e, Options{KibanaURL: "https://kibana.example.com", Count: 3, Since: e.Timestamp}))
+		checkMessage(t, Group(e, 3, time.Minute, Options{}))
+		checkMessage(t, Digest(DigestStats{Count: 2, BySeverity: map[event.Severity]int{e.Whalewatch.Severity: 2}, Containers: 1,
+			Rules: []Tally{{rule, 1}, {cmd, 1}}, Images: []Tally{{image, 2}}}, Options{}))
 
 		line := Line(e)
 		if len(line) > MaxLine || !utf8.ValidString(line) {
@@ -349,6 +402,49 @@ func FuzzSlack(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestMrkdwnIsNeutralised(t *testing.T) {
+	t.Parallel()
+	e := threat()
+	e.Container.Name = "*bold* _it_ ~strike~ :skull: @channel @Here"
+	e.Container.Image.Name = "evil\u2028image\u2029:tag"
+	e.Process.CommandLine = "*not bold in code* :x:"
+	e.Rule.Description = "*desc* :fire:"
+	m := Slack(e, Options{})
+	checkMessage(t, m)
+	f := m.Blocks[1].(*slack.SectionBlock).Fields
+	require.Equal(t, "*Container*\n\u200b*bold\u200b* \u200b_it\u200b_ \u200b~strike\u200b~ \u200b:skull\u200b: @\u200bchannel @\u200bHere (0123456789ab)", f[0].Text)
+	require.Equal(t, "*Image*\nevil image :tag", f[1].Text)
+	require.Contains(t, m.Blocks[2].(*slack.SectionBlock).Text.Text, "```*not bold in code* :x:```", "code is literal")
+	require.Equal(t, "\u200b*desc\u200b* \u200b:fire\u200b:", m.Blocks[3].(*slack.SectionBlock).Text.Text)
+	require.NotContains(t, m.Text, "@channel")
+	require.NotContains(t, m.Text, "*bold*")
+}
+
+func TestGroupAndDigest(t *testing.T) {
+	t.Parallel()
+	e := threat()
+	e.Container.Name = "*a*"
+	g := Group(e, 41, time.Minute, Options{KibanaURL: "https://kibana.example.com"})
+	require.Equal(t, KindGroup, g.Kind)
+	require.Equal(t, 41, g.Threats)
+	require.Equal(t, "+41 more: HIGH suspicious-tool-netcat on container \u200b*a\u200b* (nginx:1.27) on host docker-host-1 in the last 1m0s", g.Text)
+	require.Equal(t, Color(event.SeverityHigh), g.Color)
+	checkMessage(t, g)
+
+	from := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	d := Digest(DigestStats{
+		Count: 312, BySeverity: map[event.Severity]int{event.SeverityLow: 290, event.SeverityMedium: 22}, Containers: 40,
+		Rules:  []Tally{{"rule-a", 200}, {"<!channel>", 112}},
+		Images: []Tally{{"shop/web:1", 312}},
+		From:   from, To: from.Add(time.Minute),
+	}, Options{KibanaURL: "https://kibana.example.com"})
+	require.Equal(t, 312, d.Threats)
+	require.Equal(t, "312 more: 22 medium, 290 low on 40 containers; top rules: rule-a (200), &lt;!channel&gt; (112); top images: shop/web:1 (312)", d.Text)
+	require.Equal(t, Color(event.SeverityMedium), d.Color)
+	require.Contains(t, d.Blocks[1].(*slack.ContextBlock).ContextElements.Elements[1].(*slack.TextBlockObject).Text, "<https://kibana.example.com/app/discover#/?_g=(time:(from:'2026-01-01T00:00:00Z'")
+	checkMessage(t, d)
 }
 
 func FuzzEscape(f *testing.F) {
@@ -390,13 +486,13 @@ func BenchmarkRender(b *testing.B) {
 	b.Run("Slack", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			_ = Slack(e)
+			_ = Slack(e, Options{})
 		}
 	})
 	b.Run("Slack+json.Marshal(blocks)", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			m := Slack(e)
+			m := Slack(e, Options{})
 			if _, err := json.Marshal(m.Blocks); err != nil {
 				b.Fatal(err)
 			}
@@ -413,7 +509,7 @@ func BenchmarkRender(b *testing.B) {
 	b.Run("Slack/hostile-8KiB-command", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			_ = Slack(hostile)
+			_ = Slack(hostile, Options{})
 		}
 	})
 }

@@ -1,0 +1,257 @@
+// Package claim makes an effect happen once across replicas and redeliveries:
+// posting an alert, running a response. Before the effect a worker claims the
+// effect's key in a NATS KV bucket with an atomic create; only the winner
+// does the effect, then marks the key done. Everyone else learns that the
+// effect is done (ack the message) or in progress elsewhere (retry after the
+// claim's lease).
+//
+// The guarantee and its bound:
+//
+//   - A claim is stored before Claim returns Won, with the bucket's replicas
+//     (a KV create is a JetStream publish acknowledged by the stream's
+//     quorum). A claim that cannot be stored is an error: the caller retries
+//     later and never does the effect without one.
+//   - A key marked Done is never claimed again while the bucket remembers it
+//     (its TTL, part of the bucket's configuration, set once when the bucket
+//     is created; Open does not change it).
+//   - A worker that dies between its effect and Done leaves a claim whose
+//     lease runs out; the next claimant takes it over and repeats the effect.
+//     So a crash repeats at most the effects in flight at that moment (one
+//     per worker that handles one message at a time), after at most Lease.
+//
+// Keys come from the wire and are hashed when they are not plain KV keys
+// (see Key).
+package claim
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Config describes a claim store.
+type Config struct {
+	// Bucket is the KV bucket's name.
+	Bucket      string
+	Description string
+	// TTL is how long a key is remembered, applied only when Open creates the
+	// bucket: the TTL belongs to the bucket, so replicas started with other
+	// values do not fight over it (change it with `nats kv edit`).
+	TTL time.Duration
+	// Replicas of the bucket when Open creates it (3 on a NATS cluster).
+	Replicas int
+	// Lease is how long a claim without Done keeps others away. It must
+	// exceed the longest the effect can take (a request's timeout).
+	Lease time.Duration
+}
+
+// State is what Claim found.
+type State int
+
+const (
+	// Won: the caller holds the claim; do the effect, then Done (or Release
+	// when it failed and may be retried by anyone).
+	Won State = iota
+	// Done: the effect happened already.
+	Done
+	// Held: another worker holds a claim whose lease has not run out; try
+	// again after Claim.Wait.
+	Held
+)
+
+func (s State) String() string {
+	switch s {
+	case Won:
+		return "won"
+	case Done:
+		return "done"
+	case Held:
+		return "held"
+	}
+	return "unknown"
+}
+
+// Claim is the outcome of Store.Claim.
+type Claim struct {
+	State State
+	Key   string
+	// Until is when a Held claim's lease runs out.
+	Until time.Time
+	rev   uint64
+}
+
+// Wait is how long to wait before claiming a Held key again.
+func (c Claim) Wait(now time.Time) time.Duration { return max(c.Until.Sub(now), 0) }
+
+// KeyValueManager is the part of JetStream Open needs.
+type KeyValueManager interface {
+	KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error)
+	CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error)
+}
+
+// Store is a claim store on one KV bucket.
+type Store struct {
+	kv    jetstream.KeyValue
+	lease time.Duration
+	owner string
+	now   func() time.Time
+}
+
+// Open opens the bucket, creating it with cfg when it does not exist yet.
+// An existing bucket is used as it is configured.
+func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
+	if cfg.Lease <= 0 {
+		return nil, errors.New("claim lease must be positive")
+	}
+	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+			Bucket:      cfg.Bucket,
+			Description: cfg.Description,
+			TTL:         cfg.TTL,
+			History:     1,
+			Storage:     jetstream.FileStorage,
+			Replicas:    max(cfg.Replicas, 1),
+		})
+		if errors.Is(err, jetstream.ErrBucketExists) { // another replica was first
+			kv, err = js.KeyValue(ctx, cfg.Bucket)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("opening KV bucket %s: %w", cfg.Bucket, err)
+	}
+	var id [6]byte
+	_, _ = rand.Read(id[:])
+	return &Store{kv: kv, lease: cfg.Lease, owner: hex.EncodeToString(id[:]), now: time.Now}, nil
+}
+
+// Values stored under a key: "done", or "held <unix-ms> <owner>" while a
+// claim's lease runs. Anything else (e.g. a timestamp written by an older
+// ledger) counts as done.
+const valueDone = "done"
+
+func (s *Store) heldValue() []byte {
+	until := s.now().Add(s.lease).UnixMilli()
+	return []byte("held " + strconv.FormatInt(until, 10) + " " + s.owner)
+}
+
+// parse returns whether v is a claim in progress and when its lease ends.
+func parse(v []byte) (held bool, until time.Time) {
+	f := strings.Fields(string(v))
+	if len(f) < 2 || f[0] != "held" {
+		return false, time.Time{}
+	}
+	ms, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return false, time.Time{}
+	}
+	return true, time.UnixMilli(ms)
+}
+
+// Claim tries to claim key. An error means nothing is known: retry later,
+// and do not do the effect.
+func (s *Store) Claim(ctx context.Context, key string) (Claim, error) {
+	k := Key(key)
+	for range 3 { // the key may expire or be released between two calls
+		rev, err := s.kv.Create(ctx, k, s.heldValue())
+		if err == nil {
+			return Claim{State: Won, Key: k, rev: rev}, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return Claim{}, fmt.Errorf("claiming %s: %w", k, err)
+		}
+		e, err := s.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue
+		}
+		if err != nil {
+			return Claim{}, fmt.Errorf("reading claim %s: %w", k, err)
+		}
+		held, until := parse(e.Value())
+		if !held {
+			return Claim{State: Done, Key: k}, nil
+		}
+		if until.After(s.now()) {
+			return Claim{State: Held, Key: k, Until: until}, nil
+		}
+		// The holder's lease ran out (it died or hung): take the claim over,
+		// unless someone else did so first.
+		rev, err = s.kv.Update(ctx, k, s.heldValue(), e.Revision())
+		if err == nil {
+			return Claim{State: Won, Key: k, rev: rev}, nil
+		}
+		if !isWrongRevision(err) {
+			return Claim{}, fmt.Errorf("taking over claim %s: %w", k, err)
+		}
+	}
+	return Claim{State: Held, Key: k, Until: s.now().Add(s.lease)}, nil
+}
+
+// Extend renews a won claim's lease, for an effect that takes longer than
+// expected (a held destination). It fails when the claim was taken over.
+func (s *Store) Extend(ctx context.Context, c *Claim) error {
+	rev, err := s.kv.Update(ctx, c.Key, s.heldValue(), c.rev)
+	if err != nil {
+		return fmt.Errorf("extending claim %s: %w", c.Key, err)
+	}
+	c.rev = rev
+	return nil
+}
+
+// Done records that the effect of a won claim happened.
+func (s *Store) Done(ctx context.Context, c Claim) error {
+	if _, err := s.kv.Update(ctx, c.Key, []byte(valueDone), c.rev); err != nil {
+		return fmt.Errorf("marking %s done: %w", c.Key, err)
+	}
+	return nil
+}
+
+// Release gives a won claim up without the effect, so that the next
+// claimant may do it at once.
+func (s *Store) Release(ctx context.Context, c Claim) error {
+	if err := s.kv.Delete(ctx, c.Key, jetstream.LastRevision(c.rev)); err != nil {
+		return fmt.Errorf("releasing claim %s: %w", c.Key, err)
+	}
+	return nil
+}
+
+// TTL is the bucket's TTL, as configured on the server.
+func (s *Store) TTL(ctx context.Context) (time.Duration, error) {
+	st, err := s.kv.Status(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("reading KV bucket status: %w", err)
+	}
+	return st.TTL(), nil
+}
+
+func isWrongRevision(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) ||
+		(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence)
+}
+
+// Key is id when it is a valid KV key of plain characters (event ids are
+// hex), and a hash of it otherwise: ids come over the wire and KV keys allow
+// only [-/_=.a-zA-Z0-9]. A hashed key contains a '.', which a plain one
+// cannot, so the two never collide. A '/' separates a caller's namespace
+// from the id ("slack-webhook/<event id>").
+func Key(id string) string {
+	plain := id != "" && len(id) <= 200
+	for i := 0; plain && i < len(id); i++ {
+		c := id[i]
+		plain = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '/'
+	}
+	if plain {
+		return id
+	}
+	sum := sha256.Sum256([]byte(id))
+	return "h." + hex.EncodeToString(sum[:])
+}

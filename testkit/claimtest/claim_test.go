@@ -1,0 +1,149 @@
+package claimtest
+
+import (
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/whalewatch/whalewatch/pkg/claim"
+	"github.com/whalewatch/whalewatch/testkit/natstest"
+)
+
+func open(t *testing.T, js jetstream.JetStream, lease time.Duration) *claim.Store {
+	t.Helper()
+	s, err := claim.Open(t.Context(), js, claim.Config{Bucket: "claims", TTL: time.Hour, Replicas: 1, Lease: lease})
+	require.NoError(t, err)
+	return s
+}
+
+func TestClaimLifecycle(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	ctx := t.Context()
+	a, b := open(t, js, time.Minute), open(t, js, time.Minute)
+
+	c, err := a.Claim(ctx, "out/e1")
+	require.NoError(t, err)
+	require.Equal(t, claim.Won, c.State)
+
+	held, err := b.Claim(ctx, "out/e1")
+	require.NoError(t, err)
+	require.Equal(t, claim.Held, held.State)
+	require.InDelta(t, time.Minute.Seconds(), held.Wait(time.Now()).Seconds(), 5)
+
+	require.NoError(t, a.Release(ctx, c))
+	c2, err := b.Claim(ctx, "out/e1")
+	require.NoError(t, err)
+	require.Equal(t, claim.Won, c2.State, "a released claim can be won at once")
+	require.NoError(t, b.Done(ctx, c2))
+
+	for _, s := range []*claim.Store{a, b} {
+		got, err := s.Claim(ctx, "out/e1")
+		require.NoError(t, err)
+		require.Equal(t, claim.Done, got.State)
+	}
+	require.Error(t, a.Done(ctx, c), "a claim given up cannot be marked done")
+}
+
+func TestExpiredLeaseIsTakenOver(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	ctx := t.Context()
+	dead, alive := open(t, js, 200*time.Millisecond), open(t, js, time.Minute)
+	c, err := dead.Claim(ctx, "k")
+	require.NoError(t, err)
+	require.Equal(t, claim.Won, c.State)
+
+	var got claim.Claim
+	natstest.Eventually(t, 5*time.Second, func() bool {
+		got, err = alive.Claim(ctx, "k")
+		require.NoError(t, err)
+		return got.State == claim.Won
+	}, "the expired claim was not taken over")
+	require.Error(t, dead.Done(ctx, c), "the old holder lost its claim")
+	require.NoError(t, alive.Done(ctx, got))
+}
+
+func TestExtend(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	ctx := t.Context()
+	s, other := open(t, js, 300*time.Millisecond), open(t, js, time.Minute)
+	c, err := s.Claim(ctx, "k")
+	require.NoError(t, err)
+	for range 4 {
+		require.NoError(t, s.Extend(ctx, &c))
+		got, err := other.Claim(ctx, "k")
+		require.NoError(t, err)
+		require.Equal(t, claim.Held, got.State)
+		time.Sleep(100 * time.Millisecond) // lets the lease run down: what Extend is for
+	}
+	require.NoError(t, s.Done(ctx, c))
+}
+
+func TestOneWinnerAmongMany(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	stores := make([]*claim.Store, 8)
+	for i := range stores {
+		stores[i] = open(t, js, time.Minute)
+	}
+	for _, key := range []string{"a", "b", "c", "d"} {
+		var mu sync.Mutex
+		won := 0
+		var wg sync.WaitGroup
+		for _, s := range stores {
+			wg.Go(func() {
+				c, err := s.Claim(t.Context(), key)
+				require.NoError(t, err)
+				if c.State == claim.Won {
+					mu.Lock()
+					won++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		require.Equal(t, 1, won, "key %s", key)
+	}
+}
+
+func TestOpenKeepsTheBucketsTTL(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	ctx := t.Context()
+	first, err := claim.Open(ctx, js, claim.Config{Bucket: "ttl", TTL: time.Hour, Lease: time.Second})
+	require.NoError(t, err)
+	second, err := claim.Open(ctx, js, claim.Config{Bucket: "ttl", TTL: time.Minute, Lease: time.Second})
+	require.NoError(t, err)
+	for _, s := range []*claim.Store{first, second} {
+		ttl, err := s.TTL(ctx)
+		require.NoError(t, err)
+		require.Equal(t, time.Hour, ttl, "a replica with another TTL does not reconfigure the bucket")
+	}
+}
+
+func TestKey(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		id    string
+		plain bool
+	}{
+		{"0123456789abcdef0123456789abcdef", true},
+		{"slack-webhook/0123abcd", true},
+		{"", false},
+		{"a.b", false},
+		{"a b", false},
+		{"*", false},
+		{string(make([]byte, 300)), false},
+	}
+	for _, tt := range tests {
+		k := claim.Key(tt.id)
+		require.Equal(t, tt.plain, k == tt.id, "%q -> %q", tt.id, k)
+		require.Regexp(t, `^[-/_=.a-zA-Z0-9]+$`, k)
+	}
+	require.NotEqual(t, claim.Key("a.b"), claim.Key("a b"))
+}

@@ -1,0 +1,12 @@
+package natsauth
+
+import (
+	"flag"
+	"io"
+)
+
+func newFlagSet() *flag.FlagSet {
+	fs := flag.NewFlagSet("natsauth", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	return fs
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # nats-creds.sh — the NATS identities of whalewatch (deploy/nats/README.md).
 #
-#   scripts/nats-creds.sh [-d DIR] [HOST...]
+#   scripts/nats-creds.sh [-d DIR] [-o UID:GID] [HOST...]
 #
 # Writes into DIR (default deploy/nats/secrets):
 #   detector.nk indexer.nk notifier.nk admin.nk   nkey seeds (mode 600), one per identity
@@ -11,7 +11,9 @@
 # A seed that exists is kept; users.conf is rewritten every time from the seeds
 # in DIR and the permission templates in deploy/nats/permissions, so adding a
 # host later is `scripts/nats-creds.sh web-2` and a reload of nats-server.
-# Give each service only its own seed file (NATS_NKEY_FILE) and its inbox
+# Seeds are mode 600; -o gives the detector's, indexer's and notifier's to the
+# user they run as in their containers (65534:65534 in deploy/Dockerfile; needs
+# root). Collectors run as root. Give each service only its own seed file (NATS_NKEY_FILE) and its inbox
 # prefix (NATS_INBOX_PREFIX=_INBOX_<identity>, printed at the end).
 #
 # Seeds come from nk (github.com/nats-io/nkeys/nk): $NK, else nk on PATH, else
@@ -21,10 +23,14 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 perms="$here/deploy/nats/permissions"
 dir="$here/deploy/nats/secrets"
-if [[ ${1:-} == -d ]]; then
-	dir=$2
+owner=
+while [[ ${1:-} == -d || ${1:-} == -o ]]; do
+	case $1 in
+	-d) dir=$2 ;;
+	-o) owner=$2 ;;
+	esac
 	shift 2
-fi
+done
 if [[ ${1:-} == -* ]]; then
 	sed -n '2,/^set -e/p' "$0" | sed 's/^# \{0,1\}//; /^set -e/d' >&2
 	exit 2
@@ -64,7 +70,15 @@ seed() { # identity -> path of its seed, created when missing
 	printf '%s' "$f"
 }
 
-pub() { "${nk[@]}" -inkey "$1" -pubout; }
+pub() {
+	local p
+	p=$("${nk[@]}" -inkey "$1" -pubout)
+	if [[ ! $p =~ ^U[A-Z2-7]{55}$ ]]; then
+		echo "nats-creds: $1 is not a user nkey seed" >&2
+		exit 1
+	fi
+	printf '%s' "$p"
+}
 
 # render identity template host: the permissions of one identity.
 render() {
@@ -103,5 +117,9 @@ out="$dir/users.conf.tmp"
 	echo "]"
 } >"$out"
 mv "$out" "$dir/users.conf"
+chmod 755 "$dir"
+if [[ -n $owner ]]; then
+	chown "$owner" "$dir/detector.nk" "$dir/indexer.nk" "$dir/notifier.nk"
+fi
 chmod 644 "$dir/users.conf" # public keys only; the server reads it
 echo "nats-creds: wrote $dir/users.conf; each service: NATS_NKEY_FILE=<its .nk>, NATS_INBOX_PREFIX=_INBOX_<identity>" >&2

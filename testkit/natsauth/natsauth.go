@@ -36,6 +36,7 @@ func Root() string {
 // secrets directory, as an operator has it after scripts/nats-creds.sh.
 type Deployment struct {
 	Dir string // the copy of deploy/nats
+	nk  string // the stand-in for nk
 }
 
 // Secrets is the directory of seeds, users.conf and certificates.
@@ -55,7 +56,7 @@ func Inbox(identity string) string { return "_INBOX_" + identity }
 // network is needed; everything else is the script's own work.
 func Deploy(tb testing.TB, hosts ...string) Deployment {
 	tb.Helper()
-	d := Deployment{Dir: tb.TempDir()}
+	d := Deployment{Dir: tb.TempDir(), nk: fakeNK(tb)}
 	src := filepath.Join(Root(), "deploy", "nats")
 	err := filepath.WalkDir(src, func(path string, e os.DirEntry, err error) error {
 		if err != nil {
@@ -84,12 +85,23 @@ func Deploy(tb testing.TB, hosts ...string) Deployment {
 // Creds runs scripts/nats-creds.sh on d again, e.g. to add hosts.
 func (d Deployment) Creds(tb testing.TB, hosts ...string) {
 	tb.Helper()
-	nk := fakeNK(tb)
 	cmd := exec.Command(filepath.Join(Root(), "scripts", "nats-creds.sh"), append([]string{"-d", d.Secrets()}, hosts...)...)
-	cmd.Env = append(os.Environ(), "NK="+nk)
+	cmd.Env = append(os.Environ(), "NK="+d.nk)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		tb.Fatalf("nats-creds.sh: %v\n%s", err, out)
 	}
+}
+
+// TLS runs scripts/nats-tls.sh into d's secrets/tls and returns the
+// directory: ca.pem, server.pem/.key, client.pem/.key.
+func (d Deployment) TLS(tb testing.TB) string {
+	tb.Helper()
+	dir := filepath.Join(d.Secrets(), "tls")
+	out, err := exec.Command(filepath.Join(Root(), "scripts", "nats-tls.sh"), "-d", dir).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("nats-tls.sh: %v\n%s", err, out)
+	}
+	return dir
 }
 
 // fakeNK writes a stand-in for nk: `-gen user` prints a fresh seed made

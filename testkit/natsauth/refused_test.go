@@ -181,3 +181,32 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 		})
 	}
 }
+
+// TestUnknownClientsAreTurnedAway: there is no anonymous access, and a key
+// the script did not make is not an identity.
+func TestUnknownClientsAreTurnedAway(t *testing.T) {
+	t.Parallel()
+	d := Deploy(t, hostA)
+	s := Server(t, d, ServerOptions{})
+	stranger := Deploy(t, hostA) // same names, other keys
+	strangerKey, err := nats.NkeyOptionFromSeed(stranger.Seed("detector"))
+	require.NoError(t, err)
+	tests := []struct {
+		name string
+		opts []nats.Option
+	}{
+		{"no credentials", nil},
+		{"a user and password", []nats.Option{nats.UserInfo("detector", "detector")}},
+		{"an nkey of another deployment", []nats.Option{strangerKey}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			nc, err := nats.Connect(s.ClientURL(), append(tt.opts, nats.Timeout(2*time.Second))...)
+			if err == nil {
+				nc.Close()
+			}
+			require.ErrorIs(t, err, nats.ErrAuthorization)
+		})
+	}
+}

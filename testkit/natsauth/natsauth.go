@@ -150,6 +150,8 @@ type ServerOptions struct {
 	// Trace logs every protocol line to Log (to see what clients send).
 	Trace bool
 	Log   io.Writer
+	// StoreDir is JetStream's directory (default: a new temporary one).
+	StoreDir string
 }
 
 // Server starts nats-server with d's configuration, on a random loopback
@@ -165,7 +167,10 @@ func Server(tb testing.TB, d Deployment, so ServerOptions) *server.Server {
 	}
 	opts.Host, opts.Port = "127.0.0.1", -1
 	opts.HTTPPort = 0
-	opts.StoreDir = tb.TempDir()
+	opts.StoreDir = so.StoreDir
+	if opts.StoreDir == "" {
+		opts.StoreDir = tb.TempDir()
+	}
 	opts.NoSigs = true
 	opts.NoLog = !so.Trace
 	opts.Trace, opts.Debug = so.Trace, so.Trace

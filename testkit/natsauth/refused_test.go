@@ -175,7 +175,7 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 			defer cancel()
 			err := tt.op(ctx, c)
 			require.Error(t, err, "the refused call must not succeed")
-			v := c.Violation(tt.want, 2*time.Second)
+			v := c.Violation(tt.want, 5*time.Second)
 			require.NotNil(t, v, "no permission violation for %s (call: %v; violations: %v)", tt.want, err, c.Violations())
 			require.ErrorIs(t, v, nats.ErrPermissionViolation)
 		})

@@ -42,11 +42,12 @@ func TestTLS(t *testing.T) {
 	tests := []struct {
 		name string
 		opts []nats.Option
-		want string
+		want string // a regular expression
 	}{
 		// nats.go upgrades to the TLS the server requires, but trusts only the system's CAs.
 		{"no TLS options", []nats.Option{nkey}, "certificate signed by unknown authority"},
-		{"TLS without a client certificate", []nats.Option{nkey, ca}, "certificate required"},
+		// The server's alert or, when it closed first, the closed connection.
+		{"TLS without a client certificate", []nats.Option{nkey, ca}, "certificate required|connection closed by remote|broken pipe|connection reset"},
 		{"TLS and a certificate without an nkey", []nats.Option{ca, cert}, "Authorization Violation"},
 		{"a server certificate the client does not trust", []nats.Option{nkey, cert, nats.RootCAs(filepath.Join("testdata", "other-ca.pem"))},
 			"certificate signed by unknown authority"},
@@ -57,7 +58,8 @@ func TestTLS(t *testing.T) {
 			if err == nil {
 				nc.Close()
 			}
-			require.ErrorContains(t, err, tt.want)
+			require.Error(t, err)
+			require.Regexp(t, tt.want, err.Error())
 		})
 	}
 }

@@ -6,6 +6,7 @@ package natsauth
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -235,7 +236,8 @@ func (d Deployment) Config(s *server.Server, identity string) bus.Config {
 // DefaultStreams is the stream configuration with the flags' defaults.
 func DefaultStreams() bus.StreamsConfig {
 	var c bus.Config
-	fs := newFlagSet()
+	fs := flag.NewFlagSet("natsauth", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
 	c.RegisterFlags(fs)
 	return c.Streams
 }

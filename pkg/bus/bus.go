@@ -17,6 +17,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -26,13 +27,31 @@ import (
 type Config struct {
 	URL       string
 	CredsFile string
-	Streams   StreamsConfig
+	// NKeyFile is the seed of this service's identity in deploy/nats
+	// (scripts/nats-creds.sh writes one per identity).
+	NKeyFile string
+	// InboxPrefix starts every reply subject. deploy/nats lets each
+	// identity subscribe only to its own prefix, so that no service reads
+	// the replies (pulled messages, KV values) meant for another.
+	InboxPrefix string
+	TLS         TLSConfig
+	Streams     StreamsConfig
+}
+
+// TLSConfig is the optional TLS of the NATS connection (deploy/nats/README.md).
+type TLSConfig struct {
+	CAFile, CertFile, KeyFile string
 }
 
 // RegisterFlags registers the NATS flags on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.URL, "nats-url", nats.DefaultURL, "NATS server URL(s), comma-separated")
 	fs.StringVar(&c.CredsFile, "nats-creds", "", "NATS credentials file (JWT + nkey), when the server requires one")
+	fs.StringVar(&c.NKeyFile, "nats-nkey-file", "", "NATS nkey seed file of this service's identity (deploy/nats), when the server requires one")
+	fs.StringVar(&c.InboxPrefix, "nats-inbox-prefix", strings.TrimSuffix(nats.InboxPrefix, "."), "prefix of reply subjects; deploy/nats permits each identity only its own (_INBOX_<identity>)")
+	fs.StringVar(&c.TLS.CAFile, "nats-tls-ca", "", "CA certificate file that signed the NATS server's certificate (turns TLS on)")
+	fs.StringVar(&c.TLS.CertFile, "nats-tls-cert", "", "client certificate file, when the NATS server verifies clients")
+	fs.StringVar(&c.TLS.KeyFile, "nats-tls-key", "", "client certificate's key file")
 	c.Streams.RegisterFlags(fs)
 }
 
@@ -40,6 +59,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 func (c *Config) Validate() error {
 	if c.URL == "" {
 		return errors.New("nats-url is required")
+	}
+	if c.CredsFile != "" && c.NKeyFile != "" {
+		return errors.New("nats-creds and nats-nkey-file are exclusive: give one identity")
+	}
+	if (c.TLS.CertFile == "") != (c.TLS.KeyFile == "") {
+		return errors.New("nats-tls-cert and nats-tls-key go together")
+	}
+	if c.InboxPrefix == "" || strings.ContainsAny(c.InboxPrefix, ".*> \t") {
+		return fmt.Errorf("nats-inbox-prefix %q must be one subject token", c.InboxPrefix)
 	}
 	return c.Streams.Validate()
 }
@@ -74,14 +102,41 @@ func Connect(cfg Config, name string, log *slog.Logger) (*nats.Conn, error) {
 			log.Warn("NATS async error", "subject", subj, "err", err)
 		}),
 	}
-	if cfg.CredsFile != "" {
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	auth, err := cfg.authOptions()
+	if err != nil {
+		return nil, err
 	}
+	opts = append(opts, auth...)
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to NATS at %s: %w", cfg.URL, err)
 	}
 	return nc, nil
+}
+
+// authOptions are the identity, inbox and TLS options of cfg.
+func (cfg Config) authOptions() ([]nats.Option, error) {
+	var opts []nats.Option
+	if cfg.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	}
+	if cfg.NKeyFile != "" {
+		o, err := nats.NkeyOptionFromSeed(cfg.NKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading NATS nkey seed %s: %w", cfg.NKeyFile, err)
+		}
+		opts = append(opts, o)
+	}
+	if cfg.InboxPrefix != "" {
+		opts = append(opts, nats.CustomInboxPrefix(cfg.InboxPrefix))
+	}
+	if cfg.TLS.CAFile != "" {
+		opts = append(opts, nats.RootCAs(cfg.TLS.CAFile))
+	}
+	if cfg.TLS.CertFile != "" {
+		opts = append(opts, nats.ClientCert(cfg.TLS.CertFile, cfg.TLS.KeyFile))
+	}
+	return opts, nil
 }
 
 // Ready is a readiness check: the connection is up.

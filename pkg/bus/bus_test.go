@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -56,6 +57,14 @@ func TestConfigValidate(t *testing.T) {
 		{[]string{"-stream-threats-max-bytes=-2"}, "stream-threats-max-bytes"},
 		{[]string{"-stream-actions-max-age=-1h"}, "stream-actions-max-age"},
 		{[]string{"-stream-duplicates=0s"}, "stream-duplicates"},
+		{[]string{"-nats-nkey-file=/s/detector.nk", "-nats-inbox-prefix=_INBOX_detector"}, ""},
+		{[]string{"-nats-nkey-file=a.nk", "-nats-creds=a.creds"}, "exclusive"},
+		{[]string{"-nats-inbox-prefix=_INBOX.detector"}, "one subject token"},
+		{[]string{"-nats-inbox-prefix=_INBOX_>"}, "one subject token"},
+		{[]string{"-nats-inbox-prefix="}, "one subject token"},
+		{[]string{"-nats-tls-ca=ca.pem", "-nats-tls-cert=c.pem", "-nats-tls-key=c.key"}, ""},
+		{[]string{"-nats-tls-cert=c.pem"}, "go together"},
+		{[]string{"-nats-tls-key=c.key"}, "go together"},
 	}
 	for _, tt := range tests {
 		var c Config
@@ -87,5 +96,16 @@ func TestSpecsCoverEverySubjectTree(t *testing.T) {
 		if !seen[want] {
 			t.Errorf("no stream for %s", want)
 		}
+	}
+}
+
+func TestConnectNamesAnUnreadableSeed(t *testing.T) {
+	t.Parallel()
+	var c Config
+	c.RegisterFlags(flag.NewFlagSet("t", flag.ContinueOnError))
+	c.NKeyFile = t.TempDir() + "/missing.nk"
+	_, err := Connect(c, "test", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err == nil || !strings.Contains(err.Error(), "missing.nk") {
+		t.Fatalf("error %v, want one naming the seed file", err)
 	}
 }

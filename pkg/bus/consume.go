@@ -177,7 +177,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	var cons jetstream.Consumer
 	err := retry(ctx, func() error {
 		var err error
-		cons, err = c.js.CreateOrUpdateConsumer(ctx, c.cfg.Stream, jetstream.ConsumerConfig{
+		cfg := jetstream.ConsumerConfig{
 			Durable:        c.cfg.Durable,
 			FilterSubjects: c.cfg.FilterSubjects,
 			AckPolicy:      jetstream.AckExplicitPolicy,
@@ -185,7 +185,14 @@ func (c *Consumer) Run(ctx context.Context) error {
 			MaxDeliver:     c.cfg.MaxDeliver,
 			MaxAckPending:  c.cfg.MaxAckPending,
 			DeliverPolicy:  jetstream.DeliverAllPolicy,
-		})
+		}
+		if len(cfg.FilterSubjects) == 1 {
+			// nats.go puts a single filter in the request's subject, where
+			// NATS permissions can pin it (deploy/nats: a collector may
+			// consume only its own host's requests).
+			cfg.FilterSubject, cfg.FilterSubjects = cfg.FilterSubjects[0], nil
+		}
+		cons, err = c.js.CreateOrUpdateConsumer(ctx, c.cfg.Stream, cfg)
 		return err
 	}, func(err error) { c.log.Warn("creating consumer, will retry", "stream", c.cfg.Stream, "err", err) })
 	if err != nil {

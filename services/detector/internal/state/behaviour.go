@@ -132,9 +132,9 @@ func isHealthcheck(hc, argv []string) bool {
 func (r *Recorder) behaviourOfExec(c *container, e *event.Event, exe string, s *Snapshot) {
 	p := e.Process
 	s.ConfigKnown = c.configKnown
-	if e.Whalewatch.Telemetry == event.TelemetryLifecycle && isHealthcheck(c.healthcheck, p.Args) {
-		s.Healthcheck = true
-	}
+	// Docker's exec of the health check (lifecycle), or the same process as
+	// the kernel sensor or the process connector saw it.
+	s.Healthcheck = isHealthcheck(c.healthcheck, p.Args)
 	ppid := 0
 	if p.Parent != nil {
 		ppid = p.Parent.PID

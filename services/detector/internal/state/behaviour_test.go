@@ -55,9 +55,9 @@ func TestHealthcheckRemembered(t *testing.T) {
 		require.True(t, s.ConfigKnown)
 		require.Equal(t, tc.want, s.Healthcheck, "%s %q", tc.cid, tc.args)
 	}
-	// Process telemetry is never "the health check": only Docker's exec is.
+	// The same process as process telemetry is the health check too.
 	e := execPID("c1", t0, 5, 1, "/bin/sh", "-c", "wget -q -O- 127.0.0.1")
-	require.False(t, r.Observe(e).Healthcheck)
+	require.True(t, r.Observe(e).Healthcheck)
 }
 
 func TestParentServesNetwork(t *testing.T) {

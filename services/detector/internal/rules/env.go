@@ -124,6 +124,9 @@ type FileEnv struct {
 	Type       string `expr:"type"`
 	Size       int64  `expr:"size"`
 	Mode       string `expr:"mode"`
+	// WrittenPath is the path a write leaves behind: the new name of a
+	// rename (target_path), else path.
+	WrittenPath string `expr:"written_path"`
 }
 
 // NetworkEnv is network.*.
@@ -304,7 +307,10 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 		env.Destination = EndpointEnv{IP: d.IP, Port: d.Port, Address: d.Address}
 	}
 	if f := e.File; f != nil {
-		env.File = FileEnv{Path: f.Path, TargetPath: f.TargetPath, Type: f.Type, Size: f.Size, Mode: f.Mode}
+		env.File = FileEnv{Path: f.Path, TargetPath: f.TargetPath, Type: f.Type, Size: f.Size, Mode: f.Mode, WrittenPath: f.Path}
+		if fc := e.Whalewatch.FileChange; fc != nil && fc.Operation == "rename" && f.TargetPath != "" {
+			env.File.WrittenPath = f.TargetPath
+		}
 	}
 	if n := e.Network; n != nil {
 		env.Network = NetworkEnv{Transport: n.Transport, Type: n.Type, Direction: n.Direction}

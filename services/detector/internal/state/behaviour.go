@@ -1,6 +1,7 @@
 package state
 
 import (
+	"crypto/sha256"
 	"path"
 	"slices"
 	"strconv"
@@ -16,14 +17,12 @@ import (
 // Recorder's is MaxContainers times it (docs/PERFORMANCE.md works it out).
 const (
 	// maxProcesses bounds a container's process table (pid → what ran).
-	maxProcesses = 128
+	maxProcesses = 64
 	// maxListeners bounds the pids remembered as network listeners.
 	maxListeners = 64
 	// maxEvidenceText bounds one item of evidence (a command line, a log
 	// line, a file change, a connection).
 	maxEvidenceText = 256
-	// maxHealthcheck bounds the remembered health check test.
-	maxHealthcheck = 16
 )
 
 // proc is one process of a container as the Recorder saw it at exec.
@@ -70,7 +69,11 @@ type behaviour struct {
 	procSeq uint64
 
 	configKnown bool
-	healthcheck []string // the configured health check test, as Docker keeps it
+	// healthcheck identifies the argv Docker runs for the configured health
+	// check (healthcheckKey); zero when there is none. A digest, so that a
+	// long check costs 32 bytes.
+	healthcheck [sha256.Size]byte
+	hasCheck    bool
 
 	logs, files, connections, execs ring
 }
@@ -101,30 +104,44 @@ func (r *Recorder) config(c *container, e *event.Event) {
 		return
 	}
 	c.configKnown = true
-	hc := cfg.Healthcheck
-	if len(hc) > maxHealthcheck {
-		hc = hc[:maxHealthcheck]
-	}
-	c.healthcheck = make([]string, len(hc))
-	for i, s := range hc {
-		c.healthcheck[i] = event.Truncate(s, event.MaxCommandLine)
-	}
+	c.healthcheck, c.hasCheck = healthcheckKey(cfg.Healthcheck)
 }
 
-// isHealthcheck reports whether argv is what Docker runs for the health check
+// healthcheckKey is the digest of the argv Docker runs for the health check
 // test hc: ["CMD-SHELL", cmd] runs `/bin/sh -c cmd`, ["CMD", args...] runs
-// args. The shell is compared by name (sh, /bin/sh), the rest exactly.
-func isHealthcheck(hc, argv []string) bool {
-	if len(hc) < 2 || len(argv) == 0 {
-		return false
+// args; false when hc is no check.
+func healthcheckKey(hc []string) ([sha256.Size]byte, bool) {
+	if len(hc) < 2 {
+		return [sha256.Size]byte{}, false
 	}
 	switch hc[0] {
 	case "CMD-SHELL":
-		return len(argv) == 3 && path.Base(argv[0]) == "sh" && argv[1] == "-c" && argv[2] == hc[1]
+		return argvKey([]string{"sh", "-c", hc[1]}), true
 	case "CMD":
-		return slices.Equal(argv, hc[1:])
+		return argvKey(hc[1:]), true
 	}
-	return false
+	return [sha256.Size]byte{}, false
+}
+
+// argvKey digests an argv, its program by base name (sh and /bin/sh are
+// the same health check).
+func argvKey(argv []string) [sha256.Size]byte {
+	h := sha256.New()
+	for i, a := range argv {
+		if i == 0 {
+			a = path.Base(a)
+		}
+		h.Write([]byte(a))
+		h.Write([]byte{0})
+	}
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
+}
+
+// isHealthcheck reports whether argv is the container's health check.
+func (c *container) isHealthcheck(argv []string) bool {
+	return c.hasCheck && len(argv) > 0 && argvKey(argv) == c.healthcheck
 }
 
 // behaviourOfExec fills the snapshot fields about an exec and records it in
@@ -134,7 +151,7 @@ func (r *Recorder) behaviourOfExec(c *container, e *event.Event, exe string, s *
 	s.ConfigKnown = c.configKnown
 	// Docker's exec of the health check (lifecycle), or the same process as
 	// the kernel sensor or the process connector saw it.
-	s.Healthcheck = isHealthcheck(c.healthcheck, p.Args)
+	s.Healthcheck = c.isHealthcheck(p.Args)
 	ppid := 0
 	if p.Parent != nil {
 		ppid = p.Parent.PID

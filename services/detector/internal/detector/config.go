@@ -7,7 +7,7 @@ import (
 	"github.com/whalewatch/whalewatch/pkg/admin"
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/services/detector/internal/partition"
-	"github.com/whalewatch/whalewatch/services/detector/internal/response"
+	"github.com/whalewatch/whalewatch/services/detector/internal/requester"
 	"github.com/whalewatch/whalewatch/services/detector/internal/rules"
 	"github.com/whalewatch/whalewatch/services/detector/internal/state"
 )
@@ -24,7 +24,7 @@ type Config struct {
 	// Partition shares telemetry among replicas by container.
 	Partition partition.Config
 	// Response maps threats to response requests (off by default).
-	Response response.Config
+	Response requester.Config
 	// Rules names the user's rule files and how they are reloaded.
 	Rules rules.Config
 }

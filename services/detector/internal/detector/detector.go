@@ -17,7 +17,7 @@ import (
 	"github.com/whalewatch/whalewatch/pkg/service"
 	"github.com/whalewatch/whalewatch/pkg/subject"
 	"github.com/whalewatch/whalewatch/services/detector/internal/partition"
-	"github.com/whalewatch/whalewatch/services/detector/internal/response"
+	"github.com/whalewatch/whalewatch/services/detector/internal/requester"
 	"github.com/whalewatch/whalewatch/services/detector/internal/rules"
 	"github.com/whalewatch/whalewatch/services/detector/internal/state"
 )
@@ -51,7 +51,7 @@ type Detector struct {
 	// recorder is the same object, for baseline sync and partition moves.
 	tracker   state.Tracker
 	recorder  *state.Recorder
-	responder *response.Responder
+	responder *requester.Responder
 	reg       prometheus.Registerer
 	// partitionHooks lets tests watch partition ownership.
 	partitionHooks partition.Hooks
@@ -84,7 +84,7 @@ func New(js bus.JetStream, cfg Config, log *slog.Logger, reg prometheus.Register
 	d.reg = reg
 	d.recorder = state.NewRecorder(cfg.State, reg, anomalyScorer(log))
 	d.tracker = d.recorder
-	responder, err := response.New(cfg.Response, d.pub, reg)
+	responder, err := requester.New(cfg.Response, d.pub, reg)
 	if err != nil {
 		log.Error("responses disabled", "err", err)
 	}

@@ -33,11 +33,17 @@ func TestBehaviour(t *testing.T) {
 
 	t.Run("docker exec sh -c, not the health check", func(t *testing.T) {
 		t.Parallel()
-		id := dockertest.Run(t, []string{"--name", name("hc"), "--health-cmd", "test -d /", "--health-interval", "1s"}, "sleep", "3600")
-		// The health check ran and its exec reached the detector first.
+		// A web server whose health check runs wget through sh -c, every second.
+		id := dockertest.Run(t, []string{"--name", name("hc"), "--health-cmd", "wget -q -O /dev/null http://127.0.0.1:8080/passwd || exit 1",
+			"--health-interval", "1s"}, "httpd", "-f", "-p", "8080", "-h", "/etc")
+		// The health check ran, wget included, and reached the detector first.
 		st.WaitTelemetry(t, 60*time.Second, "health check exec", func(e *event.Event) bool {
 			return onContainer(e, id) && e.Whalewatch.Telemetry == event.TelemetryLifecycle && e.Event.Action == "exec_start" &&
-				e.Process != nil && strings.Contains(e.Process.CommandLine, "test -d /")
+				e.Process != nil && strings.Contains(e.Process.CommandLine, "127.0.0.1:8080")
+		})
+		st.WaitTelemetry(t, 60*time.Second, "the health check's wget", func(e *event.Event) bool {
+			return onContainer(e, id) && e.Whalewatch.Telemetry == event.TelemetryProcess && e.Process != nil &&
+				strings.HasPrefix(e.Process.CommandLine, "wget ")
 		})
 		start := time.Now()
 		dockertest.Docker(t, "exec", id, "sh", "-c", "id")
@@ -46,7 +52,7 @@ func TestBehaviour(t *testing.T) {
 		require.Equal(t, event.SeverityMedium, th.Whalewatch.Severity)
 		require.Equal(t, "sh -c id", th.Process.CommandLine)
 		for _, th := range st.ThreatsOf(id, "") {
-			require.NotContains(t, th.Message, "test -d /", "the health check raised %s", th.Rule.ID)
+			require.NotContains(t, th.Message, "127.0.0.1:8080", "the health check raised %s", th.Rule.ID)
 		}
 	})
 

@@ -88,6 +88,12 @@ var scenarios = []scenario{
 
 	{name: "health check every second", args: []string{"--health-cmd", "test -d /", "--health-interval", "1s"}, cmd: sleeper,
 		run: func(testing.TB, string) {}, wait: 20 * time.Second},
+	{name: "wget health check of a web server, every second", cmd: []string{"httpd", "-f", "-p", "8080", "-h", "/etc"},
+		args: []string{"--health-cmd", "wget -q -O /dev/null http://127.0.0.1:8080/passwd || exit 1", "--health-interval", "1s"},
+		run:  func(testing.TB, string) {}, wait: 20 * time.Second},
+	{name: "nc -z health check", cmd: []string{"sh", "-c", "sleep 600 | nc -lk -p 5432 >/dev/null"},
+		args: []string{"--health-cmd", "nc -z 127.0.0.1 5432", "--health-interval", "1s"},
+		run:  func(testing.TB, string) {}, wait: 20 * time.Second},
 	{name: "build script: docker exec sh -c 'make'-style", cmd: sleeper,
 		run:  shIn("mkdir -p /tmp/build && cd /tmp/build && for i in 1 2 3; do echo \"int f$i;\" > f$i.c; cat f$i.c >> all.c; done && ls"),
 		wait: 20 * time.Second},

@@ -31,6 +31,7 @@ type proc struct {
 	ppid                    int
 	name, exe, commandLine  string
 	newToImage              bool // its executable was new to the image's baseline
+	healthcheck             bool // it is the container's health check, or runs for it
 	listener, knownListener bool // it listens or accepts on the network; on a port the baseline knows
 }
 
@@ -149,9 +150,6 @@ func (c *container) isHealthcheck(argv []string) bool {
 func (r *Recorder) behaviourOfExec(c *container, e *event.Event, exe string, s *Snapshot) {
 	p := e.Process
 	s.ConfigKnown = c.configKnown
-	// Docker's exec of the health check (lifecycle), or the same process as
-	// the kernel sensor or the process connector saw it.
-	s.Healthcheck = c.isHealthcheck(p.Args)
 	ppid := 0
 	if p.Parent != nil {
 		ppid = p.Parent.PID
@@ -159,13 +157,20 @@ func (r *Recorder) behaviourOfExec(c *container, e *event.Event, exe string, s *
 	if ppid == 0 && len(e.Whalewatch.Ancestry) > 0 {
 		ppid = e.Whalewatch.Ancestry[0].PID
 	}
-	if parent := c.procs[ppid]; ppid > 0 && parent != nil && parent.listener {
+	parent := c.procs[ppid]
+	if ppid > 0 && parent != nil && parent.listener {
 		s.ParentServesNetwork = true
 		s.ParentKnownService = parent.knownListener
 	}
-	if s.Healthcheck {
-		return // not evidence: it runs every few seconds and would push out what matters
+	var old *proc
+	if p.PID > 0 {
+		old = c.procs[p.PID]
 	}
+	// Docker's exec of the health check (lifecycle), the same process as the
+	// kernel sensor or the process connector saw it, and what it runs (the
+	// wget of `sh -c 'wget ...'`, forked or exec'd in its place).
+	s.Healthcheck = c.isHealthcheck(p.Args) || ppid > 0 && parent != nil && parent.healthcheck ||
+		old != nil && old.healthcheck
 	cmd := p.CommandLine
 	if cmd == "" {
 		cmd = strings.Join(p.Args, " ")
@@ -173,7 +178,7 @@ func (r *Recorder) behaviourOfExec(c *container, e *event.Event, exe string, s *
 	if p.PID > 0 {
 		old := c.procs[p.PID]
 		np := &proc{ppid: ppid, name: event.Truncate(p.Name, event.MaxName), exe: event.Truncate(exe, maxEvidenceText),
-			commandLine: event.Truncate(cmd, maxEvidenceText), newToImage: s.NewProcess}
+			commandLine: event.Truncate(cmd, maxEvidenceText), newToImage: s.NewProcess, healthcheck: s.Healthcheck}
 		if old != nil { // an exec replaces the program, not the process: it still listens
 			np.listener, np.knownListener = old.listener, old.knownListener
 			if np.ppid == 0 {
@@ -182,7 +187,9 @@ func (r *Recorder) behaviourOfExec(c *container, e *event.Event, exe string, s *
 		}
 		c.remember(p.PID, np)
 	}
-	c.execs.add(strconv.Itoa(p.PID)+" "+cmd, r.cfg.EvidenceItems)
+	if !s.Healthcheck { // not evidence: it runs every few seconds and would push out what matters
+		c.execs.add(strconv.Itoa(p.PID)+" "+cmd, r.cfg.EvidenceItems)
+	}
 }
 
 // processEnded forgets a process that exited.

@@ -2,6 +2,8 @@ package state
 
 import (
 	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -22,10 +24,13 @@ func config(cid string, at time.Time, healthcheck ...string) *event.Event {
 	return e
 }
 
+var execPIDs atomic.Int64
+
+// dockerExec is a docker exec's exec_start; each has its own pid.
 func dockerExec(cid string, at time.Time, args ...string) *event.Event {
 	e := ev(cid, event.TelemetryLifecycle, at)
 	e.Event.Action = "exec_start"
-	e.Process = &event.Process{PID: 900, Args: args, Name: args[0]}
+	e.Process = &event.Process{PID: 900 + int(execPIDs.Add(1)), Args: args, Name: args[0]}
 	return e
 }
 
@@ -55,9 +60,21 @@ func TestHealthcheckRemembered(t *testing.T) {
 		require.True(t, s.ConfigKnown)
 		require.Equal(t, tc.want, s.Healthcheck, "%s %q", tc.cid, tc.args)
 	}
-	// The same process as process telemetry is the health check too.
+	// The same process as process telemetry is the health check too, and
+	// so is what it runs: forked, or exec'd in its place.
 	e := execPID("c1", t0, 5, 1, "/bin/sh", "-c", "wget -q -O- 127.0.0.1")
 	require.True(t, r.Observe(e).Healthcheck)
+	require.True(t, r.Observe(execPID("c1", t0, 6, 5, "wget", "-q", "-O-", "127.0.0.1")).Healthcheck, "child")
+	require.True(t, r.Observe(execPID("c1", t0, 7, 6, "nc", "-z", "127.0.0.1", "80")).Healthcheck, "grandchild")
+	require.True(t, r.Observe(execPID("c1", t0, 5, 1, "wget", "-q", "-O-", "127.0.0.1")).Healthcheck, "exec in place")
+	require.False(t, r.Observe(execPID("c1", t0, 8, 1, "wget", "-q", "-O-", "127.0.0.1")).Healthcheck, "the same command elsewhere")
+	ev, _ := r.Evidence("c1", 0)
+	require.Contains(t, ev.Processes, "8 wget -q -O- 127.0.0.1")
+	for _, x := range ev.Processes {
+		for _, hc := range []string{"5 ", "6 ", "7 "} {
+			require.False(t, strings.HasPrefix(x, hc), "health checks are not evidence: %s", x)
+		}
+	}
 }
 
 func TestParentServesNetwork(t *testing.T) {

@@ -359,6 +359,11 @@ func hostPort(host string, port int) string {
 	return host + ":" + strconv.Itoa(port)
 }
 
+// cpuDip is how long CPU may stay below the threshold without ending a run
+// of high CPU. Bursts are told apart by their length, not by dips: a burst
+// under 10 s followed by 10 s of calm is over.
+const cpuDip = 10 * time.Second
+
 // cpuGap is how long without a resource sample breaks a run of high CPU:
 // the samples come every few seconds to half a minute, so a longer gap means
 // samples were lost and the run cannot be said to have lasted.

@@ -220,10 +220,15 @@ func TestSustainedCPUIrregularSamples(t *testing.T) {
 	// Samples lost for two minutes: the run starts again.
 	s = sample(176*time.Second, 5, 99)
 	require.InDelta(t, 5, s.CPUHighSeconds, 0.001)
-	// A burst of 8 s is 8 s.
-	sample(181*time.Second, 5, 2)
+	// A dip of 5 s does not end the run.
+	sample(181*time.Second, 5, 60)
 	s = sample(186*time.Second, 5, 99)
-	s = sample(189*time.Second, 3, 99)
+	require.InDelta(t, 15, s.CPUHighSeconds, 0.001)
+	// Calm for more than 10 s does; then a burst of 8 s is 8 s.
+	sample(192*time.Second, 6, 2)
+	require.Zero(t, sample(198*time.Second, 6, 2).CPUHighSeconds)
+	s = sample(203*time.Second, 5, 99)
+	s = sample(206*time.Second, 3, 99)
 	require.InDelta(t, 8, s.CPUHighSeconds, 0.001)
 }
 

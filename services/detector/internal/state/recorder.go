@@ -127,6 +127,7 @@ type container struct {
 	dropped  map[string]time.Time
 
 	cpuHighSince time.Time
+	cpuLowSince  time.Time // start of a dip below the threshold during a run
 	resAt        time.Time
 	rx, tx       uint64
 	rxAvg, txAvg float64
@@ -429,17 +430,27 @@ func (r *Recorder) resource(c *container, img *imageState, learning bool, e *eve
 	if res.CPULimitPercent > 0 {
 		pct = res.CPULimitPercent
 	}
+	interval := time.Duration(res.IntervalSeconds * float64(time.Second))
 	if !c.resAt.IsZero() && ts.Sub(c.resAt) > cpuGap(res.IntervalSeconds) {
-		c.cpuHighSince = time.Time{} // samples were lost: the run is not known to have lasted
+		c.cpuHighSince, c.cpuLowSince = time.Time{}, time.Time{} // samples were lost: the run is not known to have lasted
 	}
 	if pct >= r.cfg.CPUSustainedPercent {
 		if c.cpuHighSince.IsZero() {
-			c.cpuHighSince = ts.Add(-time.Duration(res.IntervalSeconds * float64(time.Second)))
+			c.cpuHighSince = ts.Add(-interval)
 		}
+		c.cpuLowSince = time.Time{}
 		s.CPUHighSeconds = ts.Sub(c.cpuHighSince).Seconds()
 		s.CPUTopProcess, s.CPUTopProcessNew = c.topProcess(e)
-	} else {
-		c.cpuHighSince = time.Time{}
+	} else if !c.cpuHighSince.IsZero() {
+		// A dip shorter than cpuDip does not end a run: a process held
+		// to its CPU limit on a busy host, or sampled over a short
+		// interval, reads below the threshold now and then.
+		if c.cpuLowSince.IsZero() {
+			c.cpuLowSince = ts.Add(-interval)
+		}
+		if ts.Sub(c.cpuLowSince) > cpuDip {
+			c.cpuHighSince, c.cpuLowSince = time.Time{}, time.Time{}
+		}
 	}
 	if img != nil {
 		if learning {

@@ -7,7 +7,7 @@ GO ?= go
 PACKAGES := ./pkg/... $(foreach s,$(SERVICES),./services/$(s)/...) ./testkit/...
 export CGO_ENABLED := 0
 
-.PHONY: run test build images lint fmt bench compose-check packages clean
+.PHONY: run test build images lint fmt bench scorecard compose-check packages clean
 
 run: build
 	@scripts/run.sh
@@ -41,6 +41,12 @@ compose-check:
 
 bench:
 	@scripts/bench.sh
+
+# The detection scorecard: attacks and benign workloads in real containers
+# against the whole stack; rewrites its table in docs/DETECTION.md.
+scorecard: build
+	@cd testkit && WHALEWATCH_SCORECARD=1 WHALEWATCH_BIN=$(CURDIR)/$(BIN) WHALEWATCH_REQUIRE_DOCKER=1 \
+		$(GO) test ./e2e/ -run '^TestScorecard$$' -count=1 -timeout 15m -v
 
 clean:
 	rm -rf $(BIN) .run

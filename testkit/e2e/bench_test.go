@@ -15,7 +15,8 @@ import (
 // post, against the baseline of a plain `docker exec <c> true` round trip in
 // the same run. Run it with make bench (or -bench ExecToAlert -benchtime 30x).
 func BenchmarkExecToAlert(b *testing.B) {
-	st := StartStack(b, false)
+	// Every nc exec is published alone: in one incident the repeats would fold.
+	st := StartStackWith(b, StackOptions{Detector: map[string]string{"INCIDENT_WINDOW": "0s"}})
 	c := dockertest.Run(b, []string{"--name", "ww-bench-" + st.Host}, "sleep", "3600")
 
 	b.Run("baseline-docker-exec-true", func(b *testing.B) {
@@ -33,7 +34,7 @@ func BenchmarkExecToAlert(b *testing.B) {
 		port := 5000
 		for b.Loop() {
 			port++
-			cmd := fmt.Sprintf("nc -l -p %d", port) // a new command line each time: no dedup
+			cmd := fmt.Sprintf("nc -l -p %d", port) // a new command line each time
 			start := time.Now()
 			dockertest.Docker(b, "exec", "-d", c, "nc", "-l", "-p", fmt.Sprint(port))
 			_, at := st.waitThreatWith(b, c, cmd, 30*time.Second)

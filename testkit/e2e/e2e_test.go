@@ -39,6 +39,20 @@ type Stack struct {
 // container, the benign one too, so they run only when configRules is set.
 func StartStack(tb testing.TB, configRules bool) *Stack {
 	tb.Helper()
+	return StartStackWith(tb, StackOptions{ConfigRules: configRules})
+}
+
+// StackOptions tune a stack: Collector and Detector are environment
+// variables added to (or replacing) those services' defaults.
+type StackOptions struct {
+	ConfigRules         bool
+	Collector, Detector map[string]string
+}
+
+// StartStackWith starts a stack as o says.
+func StartStackWith(tb testing.TB, o StackOptions) *Stack {
+	tb.Helper()
+	configRules := o.ConfigRules
 	dockertest.Available(tb)
 	bin := Binaries(tb)
 	st := &Stack{
@@ -92,7 +106,14 @@ func StartStack(tb testing.TB, configRules bool) *Stack {
 	// does so idempotently, in any order.
 	detectorEnv := map[string]string{"RULES_DISABLE": "tag:configuration"}
 	if configRules {
-		detectorEnv = nil
+		detectorEnv = map[string]string{}
+	}
+	for k, v := range o.Detector {
+		detectorEnv[k] = v
+	}
+	collectorEnv := map[string]string{"HOST_NAME": st.Host, "PROCESS_POLL_INTERVAL": "200ms"}
+	for k, v := range o.Collector {
+		collectorEnv[k] = v
 	}
 	st.Services["detector"] = Start(tb, "detector", filepath.Join(bin, "detector"), common(detectorEnv))
 	st.Services["indexer"] = Start(tb, "indexer", filepath.Join(bin, "indexer"), common(map[string]string{
@@ -101,9 +122,7 @@ func StartStack(tb testing.TB, configRules bool) *Stack {
 	st.Services["notifier"] = Start(tb, "notifier", filepath.Join(bin, "notifier"), common(map[string]string{
 		"SLACK_WEBHOOK_URL": st.Slack.WebhookURL(), "CONSOLE": "true",
 	}))
-	st.Services["collector"] = Start(tb, "collector", filepath.Join(bin, "collector"), common(map[string]string{
-		"HOST_NAME": st.Host, "PROCESS_POLL_INTERVAL": "200ms",
-	}))
+	st.Services["collector"] = Start(tb, "collector", filepath.Join(bin, "collector"), common(collectorEnv))
 	for _, name := range services {
 		st.Services[name].WaitReady(tb, 60*time.Second)
 	}
@@ -134,6 +153,30 @@ func (st *Stack) WaitThreat(tb testing.TB, containerID, ruleID string, timeout t
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	return found, st.arrived[found.Event.ID]
+}
+
+// ThreatsOf returns the threats of rule on container seen so far ("" rule: all).
+func (st *Stack) ThreatsOf(containerID, rule string) []*event.Event {
+	var out []*event.Event
+	for _, t := range st.Threats() {
+		if t.Container != nil && t.Container.ID == containerID && (rule == "" || t.Rule.ID == rule) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// Telemetry returns the telemetry seen so far that matches f.
+func (st *Stack) Telemetry(f func(*event.Event) bool) []*event.Event {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var out []*event.Event
+	for _, e := range st.tele {
+		if f(e) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 // WaitTelemetry waits for telemetry matching f.

@@ -51,7 +51,7 @@ func benchStack(b *testing.B, partitions int) (jetstream.JetStream, *nats.Conn, 
 	nc, js := natstest.Connect(b, s)
 	cfg := testConfig(b)
 	cfg.Partition.Count = partitions
-	cfg.DedupWindow = 0
+	cfg.State.IncidentWindow = 0
 	ctx := b.Context()
 	require.NoError(b, bus.EnsureStreams(ctx, js, cfg.NATS.Streams))
 	if partitions > 0 {

@@ -3,12 +3,11 @@ package detector
 import (
 	"errors"
 	"flag"
-	"time"
 
 	"github.com/whalewatch/whalewatch/pkg/admin"
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/services/detector/internal/partition"
-	"github.com/whalewatch/whalewatch/services/detector/internal/response"
+	"github.com/whalewatch/whalewatch/services/detector/internal/requester"
 	"github.com/whalewatch/whalewatch/services/detector/internal/rules"
 	"github.com/whalewatch/whalewatch/services/detector/internal/state"
 )
@@ -20,16 +19,12 @@ type Config struct {
 	Log   admin.LogConfig
 	// Durable is the name of the telemetry consumer; replicas share it.
 	Durable string
-	// DedupWindow suppresses a second threat for the same rule, container and
-	// command line within the window (the same exec seen by docker events and
-	// by process polling).
-	DedupWindow time.Duration
 	// State bounds the per-container windows and per-image baselines.
 	State state.Config
 	// Partition shares telemetry among replicas by container.
 	Partition partition.Config
 	// Response maps threats to response requests (off by default).
-	Response response.Config
+	Response requester.Config
 	// Rules names the user's rule files and how they are reloaded.
 	Rules rules.Config
 }
@@ -40,7 +35,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Admin.RegisterFlags(fs, "127.0.0.1:9102")
 	c.Log.RegisterFlags(fs)
 	fs.StringVar(&c.Durable, "consumer", "detector", "durable consumer name on the telemetry stream")
-	fs.DurationVar(&c.DedupWindow, "dedup-window", time.Minute, "window in which a repeated threat (same rule, container, command line) is raised once")
 	c.State.RegisterFlags(fs)
 	c.Partition.RegisterFlags(fs)
 	c.Response.RegisterFlags(fs)
@@ -51,9 +45,6 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 func (c *Config) Validate() error {
 	if c.Durable == "" {
 		return errors.New("consumer name is required")
-	}
-	if c.DedupWindow < 0 {
-		return errors.New("dedup-window must not be negative")
 	}
 	return errors.Join(c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate(),
 		c.State.Validate(), c.Partition.Validate(), c.Response.Validate(), c.Rules.Validate())

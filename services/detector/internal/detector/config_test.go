@@ -27,7 +27,7 @@ func TestConfigValidate(t *testing.T) {
 		name, args, wantErr string
 	}{
 		{name: "defaults"},
-		{name: "negative window", args: "-dedup-window=-1s", wantErr: "dedup-window must not be negative"},
+		{name: "negative window", args: "-incident-window=-1s", wantErr: "incident-window must not be negative"},
 		{name: "no consumer", args: "-consumer=", wantErr: "consumer name is required"},
 		{name: "bad log level", args: "-log-level=loud", wantErr: "log-level"},
 		{name: "no NATS", args: "-nats-url=", wantErr: "nats-url is required"},

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,7 +17,7 @@ import (
 	"github.com/whalewatch/whalewatch/pkg/service"
 	"github.com/whalewatch/whalewatch/pkg/subject"
 	"github.com/whalewatch/whalewatch/services/detector/internal/partition"
-	"github.com/whalewatch/whalewatch/services/detector/internal/response"
+	"github.com/whalewatch/whalewatch/services/detector/internal/requester"
 	"github.com/whalewatch/whalewatch/services/detector/internal/rules"
 	"github.com/whalewatch/whalewatch/services/detector/internal/state"
 )
@@ -39,22 +38,20 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 
 // Detector consumes telemetry, evaluates rules and publishes threats.
 type Detector struct {
-	cfg      Config
-	js       bus.JetStream
-	pub      *bus.EventPublisher
-	metrics  *bus.ConsumerMetrics
-	engine   *rules.Engine
-	log      *slog.Logger
-	threats  *prometheus.CounterVec
-	now      func() time.Time
-	dedupMu  sync.Mutex
-	dedup    map[string]time.Time
-	lastSwep time.Time
+	cfg     Config
+	js      bus.JetStream
+	pub     *bus.EventPublisher
+	metrics *bus.ConsumerMetrics
+	engine  *rules.Engine
+	log     *slog.Logger
+	threats *prometheus.CounterVec
+	folded  *prometheus.CounterVec
+	now     func() time.Time
 	// tracker observes every event before the rules (state.Snapshot);
 	// recorder is the same object, for baseline sync and partition moves.
 	tracker   state.Tracker
 	recorder  *state.Recorder
-	responder *response.Responder
+	responder *requester.Responder
 	reg       prometheus.Registerer
 	// partitionHooks lets tests watch partition ownership.
 	partitionHooks partition.Hooks
@@ -72,10 +69,13 @@ func New(js bus.JetStream, cfg Config, log *slog.Logger, reg prometheus.Register
 			Name: "whalewatch_detector_threats_total",
 			Help: "Threats published, by rule and severity.",
 		}, []string{"rule", "severity"}),
-		now:   time.Now,
-		dedup: map[string]time.Time{},
+		folded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "whalewatch_detector_threats_folded_total",
+			Help: "Threats not published because they repeat a rule already raised in their container's open incident, by rule.",
+		}, []string{"rule"}),
+		now: time.Now,
 	}
-	reg.MustRegister(d.threats)
+	reg.MustRegister(d.threats, d.folded)
 	var err error
 	if d.engine, err = rules.NewEngine(cfg.Rules, log, reg); err != nil {
 		// Validate loaded them a moment ago: the files changed since.
@@ -84,7 +84,7 @@ func New(js bus.JetStream, cfg Config, log *slog.Logger, reg prometheus.Register
 	d.reg = reg
 	d.recorder = state.NewRecorder(cfg.State, reg, anomalyScorer(log))
 	d.tracker = d.recorder
-	responder, err := response.New(cfg.Response, d.pub, reg)
+	responder, err := requester.New(cfg.Response, d.pub, reg)
 	if err != nil {
 		log.Error("responses disabled", "err", err)
 	}
@@ -122,11 +122,19 @@ func (d *Detector) Handle(ctx context.Context, e *event.Event) error {
 	st := d.tracker.Observe(e)
 	for _, m := range d.engine.Evaluate(e, &st) {
 		t := Threat(e, m, d.now())
-		if d.duplicate(t) {
+		cid := ""
+		if t.Container != nil {
+			cid = t.Container.ID
+		}
+		inc, publish := d.recorder.Incident(t.Host.Name, cid, m.Rule.ID, t.Event.ID, t.Timestamp)
+		if !publish {
+			d.folded.WithLabelValues(m.Rule.ID).Inc()
 			continue
 		}
+		t.Whalewatch.Incident = &inc
+		d.addEvidence(t, e)
 		if err := d.pub.Publish(ctx, subject.ForThreat(t), t); err != nil {
-			d.forget(t)
+			d.recorder.Unpublished(t.Host.Name, cid, m.Rule.ID)
 			return err
 		}
 		d.threats.WithLabelValues(m.Rule.ID, string(m.Rule.Severity)).Inc()
@@ -136,54 +144,26 @@ func (d *Detector) Handle(ctx context.Context, e *event.Event) error {
 	return nil
 }
 
-// dedupKey is the rule and what the threat is about: host, container, and
-// the command line or file when the threat has one. Not the destination: a
-// scan or a burst of new destinations is one threat per window, not one
-// per port.
-func dedupKey(t *event.Event) string {
-	k := t.Rule.ID + "\x00" + t.Host.Name
-	if c := t.Container; c != nil {
-		k += "\x00" + c.ID
+// addEvidence adds to threat t what the detector knows about its container
+// (recent logs, file changes, connections, execs) and the process's
+// ancestry, from the telemetry e when it carries one, else from the
+// container's process table. Bounded like everything else a container
+// controls.
+func (d *Detector) addEvidence(t, e *event.Event) {
+	if t.Container == nil {
+		return
 	}
-	if p := t.Process; p != nil {
-		k += "\x00" + p.CommandLine
+	pid := 0
+	if e.Process != nil {
+		pid = e.Process.PID
 	}
-	if f := t.File; f != nil {
-		k += "\x00" + f.Path
+	ev, ancestry := d.recorder.Evidence(t.Container.ID, pid)
+	t.Whalewatch.Evidence = ev
+	if len(e.Whalewatch.Ancestry) > 0 {
+		ancestry = slices.Clone(e.Whalewatch.Ancestry)
 	}
-	return k
-}
-
-// duplicate reports whether the same threat was raised within the dedup
-// window, and records it otherwise. Expired keys are swept at most once a
-// window, so memory is bounded by the threats of one window.
-func (d *Detector) duplicate(t *event.Event) bool {
-	if d.cfg.DedupWindow == 0 {
-		return false
-	}
-	now := d.now()
-	d.dedupMu.Lock()
-	defer d.dedupMu.Unlock()
-	if now.Sub(d.lastSwep) > d.cfg.DedupWindow {
-		for k, at := range d.dedup {
-			if now.Sub(at) > d.cfg.DedupWindow {
-				delete(d.dedup, k)
-			}
-		}
-		d.lastSwep = now
-	}
-	k := dedupKey(t)
-	if at, ok := d.dedup[k]; ok && now.Sub(at) <= d.cfg.DedupWindow {
-		return true
-	}
-	d.dedup[k] = now
-	return false
-}
-
-func (d *Detector) forget(t *event.Event) {
-	d.dedupMu.Lock()
-	delete(d.dedup, dedupKey(t))
-	d.dedupMu.Unlock()
+	t.Whalewatch.Ancestry = ancestry
+	t.Bound()
 }
 
 // Threat builds the threat document for a rule match on telemetry e. Its id
@@ -222,6 +202,10 @@ func Threat(e *event.Event, m rules.Match, now time.Time) *event.Event {
 			SchemaVersion: event.SchemaVersion,
 			Severity:      r.Severity,
 			Trigger:       e.Event.ID,
+			Stdio:         e.Whalewatch.Stdio,
+			FileChange:    e.Whalewatch.FileChange,
+			Socket:        e.Whalewatch.Socket,
+			Syscall:       e.Whalewatch.Syscall,
 		},
 	}
 	t.Message = threatMessage(t, m)

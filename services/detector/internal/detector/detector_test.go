@@ -73,24 +73,6 @@ func TestThreatDocument(t *testing.T) {
 	require.NotEqual(t, th.Event.ID, Threat(processEvent("h1", "c1", "nc"), rules.Match{Rule: netcatRule(t)}, now).Event.ID)
 }
 
-func TestDedupWindow(t *testing.T) {
-	t.Parallel()
-	cfg := testConfig(t)
-	cfg.DedupWindow = time.Minute
-	d := New(nil, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
-	now := time.Unix(1000, 0)
-	d.now = func() time.Time { return now }
-	th := func(cid string) *event.Event {
-		return Threat(processEvent("h", cid, "nc", "-l"), rules.Match{Rule: netcatRule(t)}, now)
-	}
-	require.False(t, d.duplicate(th("c1")))
-	require.True(t, d.duplicate(th("c1")), "same exec seen twice")
-	require.False(t, d.duplicate(th("c2")), "other container")
-	now = now.Add(2 * time.Minute)
-	require.False(t, d.duplicate(th("c1")), "window passed")
-	require.Len(t, d.dedup, 1, "expired keys swept")
-}
-
 // TestDetectorEndToEndOnNATS runs the detector against an in-process NATS
 // server: malicious process telemetry yields one threat, benign yields none.
 func TestDetectorEndToEndOnNATS(t *testing.T) {

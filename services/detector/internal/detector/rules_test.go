@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -66,8 +68,8 @@ type fixedTracker state.Snapshot
 func (f fixedTracker) Observe(*event.Event) state.Snapshot { return state.Snapshot(f) }
 
 // TestScanIsOneThreatPerWindow: a port scan raises the fan-out rule on
-// every connection; the dedup window makes it one threat, and the rule reads
-// the snapshot the tracker returned for the event.
+// every connection; the container's incident folds the repeats into one
+// threat, and the rule reads the snapshot the tracker returned for the event.
 func TestScanIsOneThreatPerWindow(t *testing.T) {
 	t.Parallel()
 	s := natstest.Server(t)
@@ -98,4 +100,39 @@ func TestScanIsOneThreatPerWindow(t *testing.T) {
 	th, err := event.Decode(msg.Data)
 	require.NoError(t, err)
 	require.Equal(t, 1, th.Destination.Port, "the first connection's destination")
+}
+
+// TestIncidentSurvivesRuleReload: a reload of the rule files swaps the rule
+// set, not the detector's state: the next threat joins the open incident.
+func TestIncidentSurvivesRuleReload(t *testing.T) {
+	t.Parallel()
+	s := natstest.Server(t)
+	_, js := natstest.Connect(t, s)
+	ctx := context.Background()
+	cfg := testConfig(t)
+	cfg.Rules.Dir = t.TempDir()
+	require.NoError(t, bus.EnsureStreams(ctx, js, cfg.NATS.Streams))
+	d := New(js, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	exec := func(args ...string) *event.Event { return processEvent("h1", "c1", args...) }
+
+	require.NoError(t, d.Handle(ctx, exec("nc", "-l", "-p", "4444")))
+	require.NoError(t, os.WriteFile(filepath.Join(cfg.Rules.Dir, "site.yaml"),
+		[]byte("rules:\n  - id: suspicious-tool-downloader\n    override: true\n    severity: high\n"), 0o644))
+	require.True(t, d.engine.ReloadIfChanged())
+	require.NoError(t, d.Handle(ctx, exec("wget", "http://127.0.0.1/x")))
+
+	st, err := js.Stream(ctx, bus.StreamThreats)
+	require.NoError(t, err)
+	get := func(subj string) *event.Event {
+		msg, err := st.GetLastMsgForSubject(ctx, subj)
+		require.NoError(t, err)
+		th, err := event.Decode(msg.Data)
+		require.NoError(t, err)
+		return th
+	}
+	nc := get("whalewatch.threats.high.suspicious-tool-netcat")
+	wget := get("whalewatch.threats.high.suspicious-tool-downloader") // high: the reloaded rule
+	require.Equal(t, nc.Whalewatch.Incident.ID, wget.Whalewatch.Incident.ID)
+	require.Equal(t, 2, wget.Whalewatch.Incident.Count)
+	require.Equal(t, []string{"suspicious-tool-netcat", "suspicious-tool-downloader"}, wget.Whalewatch.Incident.Rules)
 }

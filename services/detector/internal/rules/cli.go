@@ -14,6 +14,7 @@ import (
 const cliUsage = `usage:
   detector rules lint [flags]                  check the shipped and user rules, list them
   detector rules test [flags] file.jsonl...    run the rules over recorded telemetry or samples
+  detector rules doc [flags]                   print the severity table of the enabled rules (Markdown)
 
 A line of a .jsonl file is a telemetry event, or a sample
   {"event": {...}, "state": {"distinct_dest_ports": 40}, "expect": ["rule-id"]}
@@ -60,6 +61,9 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "%-32s %-8s %-9s %-10s %s\n", r.ID, r.Severity, r.TechniqueID, state, r.Source)
 		}
 		fmt.Fprintf(stdout, "%d rules, %d enabled: OK\n", len(set.Rules()), set.Enabled())
+		return 0
+	case "doc":
+		fmt.Fprint(stdout, SeverityTable(set))
 		return 0
 	case "test":
 		if fs.NArg() == 0 {

@@ -18,7 +18,7 @@ import (
 
 	"github.com/whalewatch/whalewatch/pkg/event"
 	"github.com/whalewatch/whalewatch/services/detector/internal/state"
-	shipped "github.com/whalewatch/whalewatch/services/detector/rules"
+	shipped "github.com/whalewatch/whalewatch/services/detector/ruleset"
 )
 
 // Config is where rules come from.

@@ -79,7 +79,22 @@ type ProcessEnv struct {
 	Tool string `expr:"tool"`
 	// Path is the executable's path: process.executable, else argv[0] when it
 	// is a path ("" otherwise).
-	Path string `expr:"path"`
+	Path     string  `expr:"path"`
+	EntityID string  `expr:"entity_id"`
+	Hash     HashEnv `expr:"hash"`
+}
+
+// HashEnv is process.hash.*.
+type HashEnv struct {
+	SHA256 string `expr:"sha256"`
+}
+
+// AncestorEnv is one element of whalewatch.ancestry (parent first).
+type AncestorEnv struct {
+	PID         int    `expr:"pid"`
+	Name        string `expr:"name"`
+	Executable  string `expr:"executable"`
+	CommandLine string `expr:"command_line"`
 }
 
 // ParentEnv is process.parent.*.
@@ -109,6 +124,9 @@ type FileEnv struct {
 	Type       string `expr:"type"`
 	Size       int64  `expr:"size"`
 	Mode       string `expr:"mode"`
+	// WrittenPath is the path a write leaves behind: the new name of a
+	// rename (target_path), else path.
+	WrittenPath string `expr:"written_path"`
 }
 
 // NetworkEnv is network.*.
@@ -130,6 +148,7 @@ type WhalewatchEnv struct {
 	DockerAPI  DockerAPIEnv  `expr:"docker_api"`
 	Syscall    SyscallEnv    `expr:"syscall"`
 	Stdio      StdioEnv      `expr:"stdio"`
+	Ancestry   []AncestorEnv `expr:"ancestry"`
 }
 
 // ConfigEnv is whalewatch.config.*; `present` is false on other telemetry.
@@ -269,6 +288,10 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 		env.Process = ProcessEnv{
 			PID: p.PID, Name: p.Name, Executable: p.Executable, CommandLine: p.CommandLine, Args: p.Args,
 			ArgsCount: p.ArgsCount, WorkingDirectory: p.WorkingDirectory, Tool: ToolName(p), Path: exePath(p),
+			EntityID: p.EntityID,
+		}
+		if p.Hash != nil {
+			env.Process.Hash = HashEnv{SHA256: p.Hash.SHA256}
 		}
 		if pp := p.Parent; pp != nil {
 			env.Process.Parent = ParentEnv{PID: pp.PID, Name: pp.Name, Executable: pp.Executable}
@@ -284,7 +307,10 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 		env.Destination = EndpointEnv{IP: d.IP, Port: d.Port, Address: d.Address}
 	}
 	if f := e.File; f != nil {
-		env.File = FileEnv{Path: f.Path, TargetPath: f.TargetPath, Type: f.Type, Size: f.Size, Mode: f.Mode}
+		env.File = FileEnv{Path: f.Path, TargetPath: f.TargetPath, Type: f.Type, Size: f.Size, Mode: f.Mode, WrittenPath: f.Path}
+		if fc := e.Whalewatch.FileChange; fc != nil && fc.Operation == "rename" && f.TargetPath != "" {
+			env.File.WrittenPath = f.TargetPath
+		}
 	}
 	if n := e.Network; n != nil {
 		env.Network = NetworkEnv{Transport: n.Transport, Type: n.Type, Direction: n.Direction}
@@ -310,6 +336,12 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 	}
 	if sio := w.Stdio; sio != nil {
 		env.Whalewatch.Stdio = StdioEnv(*sio)
+	}
+	if len(w.Ancestry) > 0 {
+		env.Whalewatch.Ancestry = make([]AncestorEnv, len(w.Ancestry))
+		for i, a := range w.Ancestry {
+			env.Whalewatch.Ancestry[i] = AncestorEnv(a)
+		}
 	}
 	if a := w.DockerAPI; a != nil {
 		env.Whalewatch.DockerAPI = DockerAPIEnv{Present: true, Address: a.Address, TLS: a.TLS, Reachable: a.Reachable, Version: a.Version}

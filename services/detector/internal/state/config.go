@@ -3,7 +3,10 @@ package state
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"time"
+
+	"github.com/whalewatch/whalewatch/pkg/event"
 )
 
 // Config bounds and tunes the Recorder.
@@ -36,6 +39,12 @@ type Config struct {
 	BaselineMaxEntries int
 	// BaselineFlush is how often learned baseline entries are written to KV.
 	BaselineFlush time.Duration
+	// EvidenceItems bounds each per-container evidence list (log lines, file
+	// changes, connections, execs) that threats carry.
+	EvidenceItems int
+	// IncidentWindow groups the threats of a container into one incident
+	// while they come less than this apart; 0 publishes every threat alone.
+	IncidentWindow time.Duration
 }
 
 // RegisterFlags registers the state flags on fs.
@@ -51,6 +60,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.BaselineLearning, "baseline-learning", time.Hour, "learning period of an image's behaviour baseline from its first sight (0: no baselines)")
 	fs.IntVar(&c.BaselineMaxEntries, "baseline-max-entries", 512, "most entries of each set of a baseline (executables, parent-child pairs, listen ports, destinations)")
 	fs.DurationVar(&c.BaselineFlush, "baseline-flush-interval", 5*time.Second, "how often learned baseline entries are written to the NATS KV bucket")
+	fs.IntVar(&c.EvidenceItems, "evidence-items", 16, "most items of each per-container evidence list a threat carries (log lines, file changes, connections, execs)")
+	fs.DurationVar(&c.IncidentWindow, "incident-window", 10*time.Minute, "threats of a container less than this apart are one incident; a repeat of a rule in an incident is counted, not published (0: publish every threat alone)")
 }
 
 // Validate checks c.
@@ -76,6 +87,12 @@ func (c *Config) Validate() error {
 	}
 	if c.BaselineMaxEntries < 1 {
 		errs = append(errs, errors.New("baseline-max-entries must be positive"))
+	}
+	if c.EvidenceItems < 0 || c.EvidenceItems > event.MaxEvidence {
+		errs = append(errs, fmt.Errorf("evidence-items must be between 0 and %d", event.MaxEvidence))
+	}
+	if c.IncidentWindow < 0 {
+		errs = append(errs, errors.New("incident-window must not be negative"))
 	}
 	if c.BaselineFlush <= 0 {
 		errs = append(errs, errors.New("baseline-flush-interval must be positive"))

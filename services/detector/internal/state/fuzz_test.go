@@ -38,6 +38,7 @@ func FuzzObserve(f *testing.F) {
 		cfg.MaxContainers, cfg.MaxWindowEntries, cfg.IdleTimeout = 4, 4, time.Minute
 		cfg.ScanWindow, cfg.DropWindow, cfg.CPUSustainedPercent = time.Minute, time.Minute, 80
 		cfg.SpikeFactor, cfg.BaselineLearning, cfg.BaselineMaxEntries, cfg.BaselineFlush = 10, time.Hour, 4, time.Second
+		cfg.EvidenceItems, cfg.IncidentWindow = 2, time.Minute
 		r := NewRecorder(cfg, prometheus.NewRegistry())
 		mk := func(k event.Telemetry) *event.Event {
 			e := ev(cid, k, t0)
@@ -47,16 +48,27 @@ func FuzzObserve(f *testing.F) {
 		n := mk(event.TelemetryNetwork)
 		n.Source, n.Destination = &event.Endpoint{Port: port}, &event.Endpoint{IP: ip, Port: port}
 		n.Whalewatch.Socket = &event.Socket{State: state}
+		n.Process = &event.Process{PID: port}
 		fe := mk(event.TelemetryFile)
-		fe.File = &event.File{Path: path}
-		fe.Whalewatch.FileChange = &event.FileChange{Kind: kind}
+		fe.File = &event.File{Path: path, TargetPath: ip}
+		fe.Whalewatch.FileChange = &event.FileChange{Kind: kind, Operation: kind}
 		p := mk(event.TelemetryProcess)
-		p.Process = &event.Process{Executable: path, Args: []string{path}, Parent: &event.Parent{Name: path}}
+		p.Process = &event.Process{PID: port % 7, Executable: path, Args: []string{path, kind}, Parent: &event.Parent{Name: path, PID: port % 5}}
+		p.Whalewatch.Ancestry = []event.Ancestor{{PID: port % 3, Name: ip}}
+		x := mk(event.TelemetryLifecycle)
+		x.Event.Action = "exec_start"
+		x.Process = &event.Process{PID: port, Args: []string{path, "-c", kind}}
+		c := mk(event.TelemetryConfig)
+		c.Whalewatch.Config = &event.ContainerConfig{Healthcheck: []string{state, kind}}
+		l := mk(event.TelemetryLog)
+		l.Whalewatch.Log = &event.LogBatch{Lines: []string{path, ip, kind}}
 		res := mk(event.TelemetryResource)
-		res.Whalewatch.Resource = &event.Resource{CPUPercent: float64(port), NetRxBytes: uint64(port)}
+		res.Whalewatch.Resource = &event.Resource{CPUPercent: float64(port), NetRxBytes: uint64(port), IntervalSeconds: float64(port % 60)}
 		for range 3 {
-			for _, e := range []*event.Event{n, fe, p, res} {
+			for _, e := range []*event.Event{c, n, fe, p, x, l, res} {
 				r.Observe(e)
+				r.Incident("h", cid, kind, path, t0)
+				r.Evidence(cid, port%7)
 			}
 		}
 	})

@@ -3,6 +3,7 @@ package state
 import (
 	"container/list"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -48,6 +49,8 @@ type Recorder struct {
 	lru        *list.List               // front: most recently seen
 	images     map[string]*imageState
 	lastSweep  time.Time
+	// hostIncidents are the incidents of host-scoped threats (incident.go).
+	hostIncidents map[string]*incident
 
 	forgotten *prometheus.CounterVec
 	kvWrites  *prometheus.CounterVec
@@ -124,11 +127,15 @@ type container struct {
 	dropped  map[string]time.Time
 
 	cpuHighSince time.Time
+	cpuLowSince  time.Time // start of a dip below the threshold during a run
 	resAt        time.Time
 	rx, tx       uint64
 	rxAvg, txAvg float64
 	rateSamples  int
 	procStarts   int
+
+	behaviour
+	incident *incident
 }
 
 // Observe updates the state with e and returns the snapshot for it.
@@ -168,11 +175,17 @@ func (r *Recorder) observe(e *event.Event) (s Snapshot, image string, vec []floa
 
 	switch e.Whalewatch.Telemetry {
 	case event.TelemetryProcess:
-		r.process(c, img, learning, e, ts, &s)
+		if slices.Contains(e.Event.Type, "end") {
+			c.processEnded(e)
+		} else {
+			r.process(c, img, learning, e, ts, &s)
+		}
 	case event.TelemetryLifecycle:
 		if e.Process != nil && strings.HasPrefix(e.Event.Action, "exec_start") {
 			r.process(c, img, learning, e, ts, &s)
 		}
+	case event.TelemetryConfig:
+		r.config(c, e)
 	case event.TelemetryNetwork:
 		r.network(c, img, learning, e, ts, &s)
 	case event.TelemetryFile:
@@ -180,6 +193,7 @@ func (r *Recorder) observe(e *event.Event) (s Snapshot, image string, vec []floa
 	case event.TelemetryResource:
 		vec = r.resource(c, img, learning, e, ts, &s)
 	}
+	r.evidenceOf(c, e)
 	return s, c.image, vec
 }
 
@@ -252,14 +266,12 @@ func (r *Recorder) process(c *container, img *imageState, learning bool, e *even
 	if at, ok := c.dropped[path]; ok && path != "" && ts.Sub(at) <= r.cfg.DropWindow {
 		s.ExecOfDroppedFile, s.DroppedPath = true, path
 	}
-	if img == nil {
-		return
-	}
 	exe := path
 	if exe == "" {
 		exe = p.Name
 	}
-	if exe == "" {
+	defer r.behaviourOfExec(c, e, exe, s)
+	if img == nil || exe == "" {
 		return
 	}
 	exe = event.Truncate(exe, 256)
@@ -287,18 +299,31 @@ func (r *Recorder) network(c *container, img *imageState, learning bool, e *even
 	}
 	key := socketKey(e)
 	switch sock.State {
-	case "listen":
+	case "listen", "accept":
+		// A listener is the image's known service when its port was seen
+		// while the baseline learned. Without a baseline nothing is known.
+		known := false
 		if img != nil && e.Source != nil && e.Source.Port > 0 {
 			s.NewListenPort = img.see(img.sets.listen, img.pending.listen, transport+"/"+strconv.Itoa(e.Source.Port), learning, r.cfg.BaselineMaxEntries)
+			known = !s.NewListenPort
 		}
+		if sock.State == "accept" {
+			s.NewListenPort = false // the listen said it
+		}
+		c.listener(e, known)
 	case "closed":
 		delete(c.open, key)
-	case "established", "syn_sent":
-		if _, ok := c.open[key]; ok {
-			return // the same connection seen again (syn_sent, then established)
-		}
-		if len(c.open) < r.cfg.MaxWindowEntries {
-			c.open[key] = struct{}{}
+	case "established", "syn_sent", "connect":
+		// connect is the system call, seen by the kernel sensor once per
+		// attempt, refused ones included: each counts. The socket table's
+		// states may show one connection twice (syn_sent, then established).
+		if sock.State != "connect" {
+			if _, ok := c.open[key]; ok {
+				return
+			}
+			if len(c.open) < r.cfg.MaxWindowEntries {
+				c.open[key] = struct{}{}
+			}
 		}
 		if e.Network != nil && e.Network.Direction == "ingress" || e.Destination == nil {
 			return
@@ -355,12 +380,27 @@ func (r *Recorder) dropConn(c *container) {
 
 func (r *Recorder) file(c *container, e *event.Event, ts time.Time) {
 	fc, f := e.Whalewatch.FileChange, e.File
-	if fc == nil || f == nil || f.Path == "" {
+	if fc == nil || f == nil || f.Path == "" || e.Event.Outcome == "failure" {
 		return
 	}
-	switch fc.Kind {
+	kind, path := fc.Kind, f.Path
+	switch fc.Operation { // the kernel sensor says what happened, docker diff only the result
+	case "write", "create", "truncate", "chmod", "link", "symlink":
+		kind = "changed"
+	case "rename":
+		kind = "changed"
+		if f.TargetPath != "" {
+			delete(c.dropped, path)
+			path = f.TargetPath
+		}
+	case "unlink":
+		kind = "deleted"
+	case "read":
+		return
+	}
+	switch kind {
 	case "deleted":
-		delete(c.dropped, f.Path)
+		delete(c.dropped, path)
 	case "added", "changed":
 		// Every added or changed non-directory counts: the execute bit may
 		// be unreadable or set after the diff, and only an exec of the
@@ -368,7 +408,7 @@ func (r *Recorder) file(c *container, e *event.Event, ts time.Time) {
 		if f.Type == "dir" {
 			return
 		}
-		if _, ok := c.dropped[f.Path]; !ok && len(c.dropped) >= r.cfg.MaxWindowEntries {
+		if _, ok := c.dropped[path]; !ok && len(c.dropped) >= r.cfg.MaxWindowEntries {
 			oldest, at := "", time.Time{}
 			for p, t := range c.dropped {
 				if oldest == "" || t.Before(at) {
@@ -377,7 +417,7 @@ func (r *Recorder) file(c *container, e *event.Event, ts time.Time) {
 			}
 			delete(c.dropped, oldest)
 		}
-		c.dropped[event.Truncate(f.Path, 4096)] = ts
+		c.dropped[event.Truncate(path, 4096)] = ts
 	}
 }
 
@@ -390,13 +430,27 @@ func (r *Recorder) resource(c *container, img *imageState, learning bool, e *eve
 	if res.CPULimitPercent > 0 {
 		pct = res.CPULimitPercent
 	}
+	interval := time.Duration(res.IntervalSeconds * float64(time.Second))
+	if !c.resAt.IsZero() && ts.Sub(c.resAt) > cpuGap(res.IntervalSeconds) {
+		c.cpuHighSince, c.cpuLowSince = time.Time{}, time.Time{} // samples were lost: the run is not known to have lasted
+	}
 	if pct >= r.cfg.CPUSustainedPercent {
 		if c.cpuHighSince.IsZero() {
-			c.cpuHighSince = ts.Add(-time.Duration(res.IntervalSeconds * float64(time.Second)))
+			c.cpuHighSince = ts.Add(-interval)
 		}
+		c.cpuLowSince = time.Time{}
 		s.CPUHighSeconds = ts.Sub(c.cpuHighSince).Seconds()
-	} else {
-		c.cpuHighSince = time.Time{}
+		s.CPUTopProcess, s.CPUTopProcessNew = c.topProcess(e)
+	} else if !c.cpuHighSince.IsZero() {
+		// A dip shorter than cpuDip does not end a run: a process held
+		// to its CPU limit on a busy host, or sampled over a short
+		// interval, reads below the threshold now and then.
+		if c.cpuLowSince.IsZero() {
+			c.cpuLowSince = ts.Add(-interval)
+		}
+		if ts.Sub(c.cpuLowSince) > cpuDip {
+			c.cpuHighSince, c.cpuLowSince = time.Time{}, time.Time{}
+		}
 	}
 	if img != nil {
 		if learning {

@@ -22,6 +22,8 @@ type Snapshot struct {
 	// Sustained CPU, per container (resource telemetry).
 	CPUHighSeconds     float64 `expr:"cpu_high_seconds"`     // how long CPU has stayed above the sustained threshold, continuously
 	CPUBaselinePercent float64 `expr:"cpu_baseline_percent"` // the image's usual CPU % (of one core); 0 while unknown
+	CPUTopProcess      string  `expr:"cpu_top_process"`      // while CPU is high: the executable it is blamed on (the sample's process, else the latest exec)
+	CPUTopProcessNew   bool    `expr:"cpu_top_process_new"`  // that executable was new to the image's baseline when it ran
 
 	// Traffic, per container (resource telemetry).
 	TxBytesPerSec float64 `expr:"tx_bytes_per_sec"`
@@ -31,6 +33,13 @@ type Snapshot struct {
 	// Dropped binaries, per container (file then process telemetry).
 	ExecOfDroppedFile bool   `expr:"exec_of_dropped_file"` // this exec's executable appeared or changed in the container within the window
 	DroppedPath       string `expr:"dropped_path"`         // that file's path
+
+	// Processes and configuration, per container (process and lifecycle
+	// telemetry, after config telemetry).
+	ParentServesNetwork bool `expr:"parent_serves_network"` // the exec's parent listens or accepts on the network
+	ParentKnownService  bool `expr:"parent_known_service"`  // ... on a port the image's baseline knows (its own service)
+	Healthcheck         bool `expr:"healthcheck"`           // this docker exec is the container's configured health check
+	ConfigKnown         bool `expr:"config_known"`          // the container's configuration was seen
 
 	// Behaviour baseline, per image. All New* are false while the image's
 	// baseline is still learning, so rules need not test BaselineLearning.

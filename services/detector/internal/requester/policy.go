@@ -1,12 +1,13 @@
-// Package response decides which response actions the detector asks for when
-// it raises a threat, and publishes the requests (see pkg/response for the
+// Package requester decides which response actions the detector asks for when
+// it raises a threat and publishes the requests: the requester half of
+// responses, the collector being the executor (see pkg/response for the
 // request contract; the collector of the container's host carries them out).
 //
 // A Policy is an ordered list of rules; the first rule whose match fits the
 // threat gives the action. Responses are off unless a policy file is given,
 // and dry-run unless -response-mode=enforce: a dry-run request makes the
 // collector report what it would have done, and nothing else.
-package response
+package requester
 
 import (
 	"bytes"

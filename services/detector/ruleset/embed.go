@@ -1,7 +1,7 @@
-// Package rules holds whalewatch's shipped detection rules (*.yaml), embedded
+// Package ruleset holds whalewatch's shipped detection rules (*.yaml), embedded
 // into the detector binary. The rule engine is internal/rules; the schema and
 // the list of shipped rules are in the detector's README.
-package rules
+package ruleset
 
 import "embed"
 

@@ -73,6 +73,8 @@ type ProcessEnv struct {
 	WorkingDirectory string    `expr:"working_directory"`
 	Parent           ParentEnv `expr:"parent"`
 	User             UserEnv   `expr:"user"`
+	// Start is when the process started, in Unix seconds; 0 when unknown.
+	Start int64 `expr:"start"`
 	// Tool is the lower-case name the program was run as: the base name of
 	// argv[0], of the BusyBox applet (busybox nc ...), of process.name or of
 	// the executable, in that order.
@@ -130,6 +132,16 @@ type WhalewatchEnv struct {
 	DockerAPI  DockerAPIEnv  `expr:"docker_api"`
 	Syscall    SyscallEnv    `expr:"syscall"`
 	Stdio      StdioEnv      `expr:"stdio"`
+	// Ancestry is the process's ancestors, parent first (whalewatch.ancestry).
+	Ancestry []AncestorEnv `expr:"ancestry"`
+}
+
+// AncestorEnv is one element of whalewatch.ancestry.
+type AncestorEnv struct {
+	PID         int    `expr:"pid"`
+	Name        string `expr:"name"`
+	Executable  string `expr:"executable"`
+	CommandLine string `expr:"command_line"`
 }
 
 // ConfigEnv is whalewatch.config.*; `present` is false on other telemetry.
@@ -270,6 +282,9 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 			PID: p.PID, Name: p.Name, Executable: p.Executable, CommandLine: p.CommandLine, Args: p.Args,
 			ArgsCount: p.ArgsCount, WorkingDirectory: p.WorkingDirectory, Tool: ToolName(p), Path: exePath(p),
 		}
+		if !p.Start.IsZero() {
+			env.Process.Start = p.Start.Unix()
+		}
 		if pp := p.Parent; pp != nil {
 			env.Process.Parent = ParentEnv{PID: pp.PID, Name: pp.Name, Executable: pp.Executable}
 		}
@@ -310,6 +325,12 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 	}
 	if sio := w.Stdio; sio != nil {
 		env.Whalewatch.Stdio = StdioEnv(*sio)
+	}
+	if len(w.Ancestry) > 0 {
+		env.Whalewatch.Ancestry = make([]AncestorEnv, len(w.Ancestry))
+		for i, a := range w.Ancestry {
+			env.Whalewatch.Ancestry[i] = AncestorEnv(a)
+		}
 	}
 	if a := w.DockerAPI; a != nil {
 		env.Whalewatch.DockerAPI = DockerAPIEnv{Present: true, Address: a.Address, TLS: a.TLS, Reachable: a.Reachable, Version: a.Version}

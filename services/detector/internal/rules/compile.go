@@ -383,7 +383,7 @@ func (c *compiler) rule(d *ruleDef) (*compiled, error) {
 	if err != nil {
 		return nil, &FileError{File: d.file, Line: d.output.Line, Reason: fmt.Sprintf("rule %q: output: %v", r.ID, err)}
 	}
-	cr := &compiled{rule: r, cond: prog, output: out}
+	cr := &compiled{rule: r, cond: prog, output: out, tools: c.toolGate(r.Condition)}
 	return cr, nil
 }
 

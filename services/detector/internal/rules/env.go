@@ -73,6 +73,8 @@ type ProcessEnv struct {
 	WorkingDirectory string    `expr:"working_directory"`
 	Parent           ParentEnv `expr:"parent"`
 	User             UserEnv   `expr:"user"`
+	// Start is when the process started, in Unix seconds; 0 when unknown.
+	Start int64 `expr:"start"`
 	// Tool is the lower-case name the program was run as: the base name of
 	// argv[0], of the BusyBox applet (busybox nc ...), of process.name or of
 	// the executable, in that order.
@@ -292,6 +294,9 @@ func newEnv(env *Env, e *event.Event, st *state.Snapshot) {
 		}
 		if p.Hash != nil {
 			env.Process.Hash = HashEnv{SHA256: p.Hash.SHA256}
+		}
+		if !p.Start.IsZero() {
+			env.Process.Start = p.Start.Unix()
 		}
 		if pp := p.Parent; pp != nil {
 			env.Process.Parent = ParentEnv{PID: pp.PID, Name: pp.Name, Executable: pp.Executable}

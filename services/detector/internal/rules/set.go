@@ -30,6 +30,7 @@ type compiled struct {
 	rule   *Rule
 	cond   *vm.Program
 	output []segment
+	tools  map[string]struct{} // when set, the only process.tool values the rule can match (gate.go)
 }
 
 // runner is the per-goroutine scratch of Evaluate: the VM's stack is reused.
@@ -101,6 +102,11 @@ func (s *Set) Evaluate(e *event.Event, st *state.Snapshot) []Match {
 	env := any(&r.env)
 	var out []Match
 	for _, c := range s.byKind[i] {
+		if c.tools != nil {
+			if _, ok := c.tools[r.env.Process.Tool]; !ok {
+				continue
+			}
+		}
 		v, err := r.vm.Run(c.cond, env)
 		if err != nil {
 			if s.OnError != nil {

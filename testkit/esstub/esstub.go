@@ -238,6 +238,13 @@ func (s *Server) AllDocs() []Doc {
 	return slices.Clone(s.docs)
 }
 
+// DocCount is len(AllDocs()) without the copy.
+func (s *Server) DocCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.docs)
+}
+
 // BulkRequests returns the _bulk requests received, in order.
 func (s *Server) BulkRequests() []BulkRequest {
 	s.mu.Lock()

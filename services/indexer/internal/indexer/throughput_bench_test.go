@@ -28,6 +28,7 @@ import (
 // JetStream has every ack. One iteration is one whole run: use -benchtime 1x.
 // docs/s is the throughput; cpu-s/100k is the CPU time of the whole process
 // (indexer, in-process NATS server and stand-in) per 100,000 documents.
+// WHALEWATCH_BENCH_STUB=full uses the full stub instead (see below).
 // WHALEWATCH_BENCH_ARGS adds indexer flags, e.g. "-bulk-gzip".
 // Run: bench/indexer/run.sh
 func BenchmarkThroughput(b *testing.B) {
@@ -89,9 +90,22 @@ func throughputRun(b *testing.B, n int, args []string) (time.Duration, time.Dura
 	}
 	b.Logf("%d events published, %d bytes each on average", n, size/n)
 
-	es := esstub.NewFast(b)
+	// The full stub (WHALEWATCH_BENCH_STUB=full) parses and stores every
+	// document, as the functional tests see it; Fast answers at once.
+	var es interface {
+		Created() int
+		Duplicates() int
+	}
+	var esURL string
+	if os.Getenv("WHALEWATCH_BENCH_STUB") == "full" {
+		full := esstub.New(b)
+		es, esURL = fullCounter{full}, full.URL
+	} else {
+		fast := esstub.NewFast(b)
+		es, esURL = fast, fast.URL
+	}
 	cfg, err := parseConfig(b, append([]string{
-		"-nats-url", ns.ClientURL(), "-elasticsearch-url", es.URL, "-http-addr", "", "-log-level", "error",
+		"-nats-url", ns.ClientURL(), "-elasticsearch-url", esURL, "-http-addr", "", "-log-level", "error",
 	}, args...), nil)
 	if err != nil {
 		b.Fatal(err)
@@ -138,4 +152,19 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// fullCounter counts what the full stub stored.
+type fullCounter struct{ s *esstub.Server }
+
+func (f fullCounter) Created() int { return f.s.DocCount() }
+
+func (f fullCounter) Duplicates() int {
+	n := 0
+	for _, r := range f.s.BulkRequests() {
+		if r.Errors {
+			n++ // requests, not items: a lower bound
+		}
+	}
+	return n
 }

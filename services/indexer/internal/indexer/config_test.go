@@ -29,7 +29,7 @@ func TestConfig(t *testing.T) {
 				require.Equal(t, []string{"http://127.0.0.1:9200"}, c.Elasticsearch.Addresses())
 				require.Equal(t, "127.0.0.1:9103", c.Admin.Addr)
 				require.Equal(t, "default", c.Elasticsearch.Namespace)
-				require.Equal(t, 500, c.BatchSize)
+				require.Equal(t, 1000, c.BatchSize)
 				require.Equal(t, 200*time.Millisecond, c.FlushInterval)
 				require.True(t, c.IndexTelemetry)
 			},

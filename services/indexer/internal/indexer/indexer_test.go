@@ -151,9 +151,10 @@ func (e *env) requireIndexed(events ...*event.Event) {
 			}
 		}
 		require.Len(e.t, found, 1, "event %s in %s", ev.Event.ID, ds)
-		require.Equal(e.t, marshal(e.t, ev), string(found[0].Source))
+		require.Equal(e.t, storedJSON(e.t, ev), string(found[0].Source))
 		require.Equal(e.t, "create", found[0].Op)
-		require.Equal(e.t, IndexTemplate, e.es.DataStreams()[ds].Template, "data stream %s", ds)
+		dataset, _ := Dataset(ev)
+		require.Equal(e.t, templateOf(dataset), e.es.DataStreams()[ds].Template, "data stream %s", ds)
 	}
 }
 
@@ -163,12 +164,14 @@ func (e *env) requireTemplatesFirst() {
 	tmpl := e.es.Templates()
 	comp, ok := tmpl.Component[ComponentTemplate]
 	require.True(e.t, ok, "component template installed")
-	idx, ok := tmpl.Index[IndexTemplate]
-	require.True(e.t, ok, "index template installed")
-	require.Less(e.t, comp.Seq, idx.Seq)
 	bulks := e.es.BulkRequests()
 	require.NotEmpty(e.t, bulks)
-	require.Greater(e.t, bulks[0].Seq, idx.Seq, "a bulk request came before the index template")
+	for _, name := range IndexTemplates() {
+		idx, ok := tmpl.Index[name]
+		require.True(e.t, ok, "index template %s installed", name)
+		require.Less(e.t, comp.Seq, idx.Seq)
+		require.Greater(e.t, bulks[0].Seq, idx.Seq, "a bulk request came before the index template %s", name)
+	}
 }
 
 func TestIndexesThreatsAndTelemetry(t *testing.T) {

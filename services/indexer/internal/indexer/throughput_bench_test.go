@@ -52,10 +52,18 @@ func BenchmarkThroughput(b *testing.B) {
 	b.ReportMetric(cpu/docs*100_000, "cpu-s/100k")
 }
 
-// benchEvent is a process telemetry event of about 1 KB.
+// benchEvent is a telemetry event of about 1 KB, complete ECS as a
+// publisher that calls event.Complete sends it (the indexer stores it as it
+// arrives), or with WHALEWATCH_BENCH_LEGACY=1 as an older publisher sends it
+// (the indexer decodes, completes and encodes it).
 func benchEvent(i int) *event.Event {
 	e := telemetry(event.Telemetries[i%len(event.Telemetries)])
-	e.Message = "process seen: " + strings.Repeat("x", 290)
+	if os.Getenv("WHALEWATCH_BENCH_LEGACY") == "1" {
+		e.Message = "process seen: " + strings.Repeat("x", 290)
+		return e
+	}
+	e.Message = "process seen: " + strings.Repeat("x", 20)
+	e.Complete(&event.Agent{Name: e.Host.Name, Type: "whalewatch-collector", Version: "bench"})
 	return e
 }
 

@@ -105,11 +105,8 @@ func (f *Fast) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if j := bytes.IndexByte(b, '\n'); j >= 0 { // the source line
 			b = b[j+1:]
 		}
-		var a map[string]struct {
-			Index string `json:"_index"`
-			ID    string `json:"_id"`
-		}
-		if err := json.Unmarshal(action, &a); err != nil {
+		a, err := parseAction(action)
+		if err != nil {
 			f.mu.Unlock()
 			writeError(w, http.StatusBadRequest, "x_content_parse_exception", err.Error())
 			return
@@ -137,4 +134,25 @@ func (f *Fast) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_, _ = io.WriteString(w, `{"took":0,"errors":`+strconv.FormatBool(failed)+`,"items":[`)
 	_, _ = w.Write(out.Bytes())
 	_, _ = io.WriteString(w, `]}`)
+}
+
+type fastMeta struct {
+	Index string `json:"_index"`
+	ID    string `json:"_id"`
+}
+
+// parseAction reads an action line; the common shape written by a client,
+// {"create":{"_index":"...","_id":"..."}} without escapes, is read without
+// decoding, anything else with encoding/json.
+func parseAction(line []byte) (map[string]fastMeta, error) {
+	const pre, mid, post = `{"create":{"_index":"`, `","_id":"`, `"}}`
+	if bytes.HasPrefix(line, []byte(pre)) && bytes.HasSuffix(line, []byte(post)) && bytes.IndexByte(line, '\\') < 0 {
+		rest := line[len(pre) : len(line)-len(post)]
+		if i := bytes.Index(rest, []byte(mid)); i >= 0 && bytes.Count(rest, []byte{'"'}) == 2 {
+			return map[string]fastMeta{"create": {Index: string(rest[:i]), ID: string(rest[i+len(mid):])}}, nil
+		}
+	}
+	var a map[string]fastMeta
+	err := json.Unmarshal(line, &a)
+	return a, err
 }

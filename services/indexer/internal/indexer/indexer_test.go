@@ -53,6 +53,12 @@ func newEnv(t *testing.T) *env {
 // test ends; it must then stop cleanly.
 func (e *env) start(args ...string) {
 	e.t.Helper()
+	e.startWith(prometheus.NewRegistry(), args...)
+}
+
+// startWith is start with the metrics registry reg.
+func (e *env) startWith(reg *prometheus.Registry, args ...string) {
+	e.t.Helper()
 	cfg, err := parseConfig(e.t, append([]string{
 		"-nats-url", e.nats.ClientURL(),
 		"-elasticsearch-url", e.es.URL,
@@ -67,7 +73,7 @@ func (e *env) start(args ...string) {
 	srvc := make(chan *admin.Server, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, cfg, testLogger(e.t), prometheus.NewRegistry(), func(s *admin.Server) { srvc <- s })
+		done <- run(ctx, cfg, testLogger(e.t), reg, func(s *admin.Server) { srvc <- s })
 	}()
 	e.t.Cleanup(func() {
 		cancel()
@@ -98,7 +104,10 @@ func (e *env) publish(events ...*event.Event) {
 	defer cancel()
 	for _, ev := range events {
 		subj := subject.ForThreat(ev)
-		if ev.Event.Kind == event.KindEvent {
+		switch {
+		case ev.Event.Dataset == event.DatasetResponse:
+			subj = subject.ActionResult(ev.Host.Name, ev.Container.ID)
+		case ev.Event.Kind == event.KindEvent:
 			subj = subject.ForTelemetry(ev)
 		}
 		require.NoError(e.t, e.pub.Publish(ctx, subj, ev))

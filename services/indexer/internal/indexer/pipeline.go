@@ -149,9 +149,9 @@ func (ix *Indexer) pull(ctx context.Context, src source, out chan<- batch) {
 			Durable:        src.durable,
 			FilterSubjects: src.filters,
 			AckPolicy:      jetstream.AckExplicitPolicy,
-			// A batch may take several requests of up to Timeout each; a
-			// redelivery while one is in flight is harmless (409).
-			AckWait:    max(30*time.Second, 3*ix.cfg.Elasticsearch.Timeout),
+			// A batch may take several requests of up to Timeout each
+			// (Validate); a redelivery while one is in flight is harmless (409).
+			AckWait:    ix.cfg.AckWait,
 			MaxDeliver: -1,
 			// Every worker busy with a batch of this consumer, one queued,
 			// one being pulled.

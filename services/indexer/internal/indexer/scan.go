@@ -336,3 +336,70 @@ func (s *scanner) strValue() (string, error) {
 func isHex(c byte) bool {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
 }
+
+// scanBulkSummary reads the "errors" flag of a _bulk response and counts its
+// items in one validating pass, without decoding them: when errors is false
+// every item succeeded and nothing else needs reading.
+func scanBulkSummary(data []byte) (failed bool, items int, err error) {
+	s := scanner{data: data}
+	var dummy probe
+	s.ws()
+	if s.i >= len(s.data) || s.data[s.i] != '{' {
+		return false, 0, s.errorf("want a JSON object")
+	}
+	s.i++
+	s.depth = 1
+	s.ws()
+	for s.i < len(s.data) && s.data[s.i] != '}' {
+		if s.data[s.i] != '"' {
+			return false, 0, s.errorf("want a key")
+		}
+		key, _, err := s.str()
+		if err != nil {
+			return false, 0, err
+		}
+		s.ws()
+		if s.i >= len(s.data) || s.data[s.i] != ':' {
+			return false, 0, s.errorf("want ':'")
+		}
+		s.i++
+		s.ws()
+		switch {
+		case string(key) == "errors" && s.i < len(s.data) && s.data[s.i] == 't':
+			failed = true
+			err = s.literal("true")
+		case string(key) == "items" && s.i < len(s.data) && s.data[s.i] == '[':
+			s.i++
+			s.ws()
+			for s.i < len(s.data) && s.data[s.i] != ']' {
+				if err = s.value(&dummy); err != nil {
+					break
+				}
+				items++
+				s.ws()
+				if s.i < len(s.data) && s.data[s.i] == ',' {
+					s.i++
+					s.ws()
+				}
+			}
+			if err == nil && (s.i >= len(s.data) || s.data[s.i] != ']') {
+				err = s.errorf("unterminated items")
+			}
+			s.i++
+		default:
+			err = s.value(&dummy)
+		}
+		if err != nil {
+			return false, 0, err
+		}
+		s.ws()
+		if s.i < len(s.data) && s.data[s.i] == ',' {
+			s.i++
+			s.ws()
+		}
+	}
+	if s.i >= len(s.data) {
+		return false, 0, s.errorf("unterminated object")
+	}
+	return failed, items, nil
+}

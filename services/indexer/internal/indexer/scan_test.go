@@ -101,3 +101,31 @@ func FuzzScanDoc(f *testing.F) {
 		checkScan(t, data)
 	})
 }
+
+func TestScanBulkSummary(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		body    string
+		failed  bool
+		items   int
+		wantErr bool
+	}{
+		{`{"took":3,"errors":false,"items":[{"create":{"status":201}},{"create":{"status":201,"_id":"a"}}]}`, false, 2, false},
+		{`{"errors":true,"items":[{"create":{"status":409,"error":{"type":"x"}}}]}`, true, 1, false},
+		{`{"errors":false,"items":[]}`, false, 0, false},
+		{`{"items":[{}],"errors":false}`, false, 1, false},
+		{`{"errors":false,"items":[{}`, false, 0, true},
+		{`{"errors":false,"items":[{}]`, false, 0, true},
+		{`not json`, false, 0, true},
+	}
+	for _, tt := range tests {
+		failed, n, err := scanBulkSummary([]byte(tt.body))
+		if tt.wantErr {
+			require.Error(t, err, tt.body)
+			continue
+		}
+		require.NoError(t, err, tt.body)
+		require.Equal(t, tt.failed, failed, tt.body)
+		require.Equal(t, tt.items, n, tt.body)
+	}
+}

@@ -40,17 +40,17 @@ func NewClient(cfg ESConfig) (*elasticsearch.Client, error) {
 		}
 	}
 	c, err := elasticsearch.NewClient(elasticsearch.Config{
-		Addresses:    cfg.Addresses(),
-		APIKey:       cfg.APIKey,
-		Username:     cfg.Username,
-		Password:     cfg.Password,
-		CACert:       ca,
-		MaxRetries:   2,
+		Addresses:  cfg.Addresses(),
+		APIKey:     cfg.APIKey,
+		Username:   cfg.Username,
+		Password:   cfg.Password,
+		CACert:     ca,
+		MaxRetries: 2,
 		// Bulk bodies of ECS JSON shrink about tenfold; BestSpeed costs the
 		// least CPU per byte saved.
 		CompressRequestBody:      cfg.Gzip,
 		CompressRequestBodyLevel: gzip.BestSpeed,
-		RetryBackoff: func(attempt int) time.Duration { return time.Duration(attempt) * 100 * time.Millisecond },
+		RetryBackoff:             func(attempt int) time.Duration { return time.Duration(attempt) * 100 * time.Millisecond },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("elasticsearch client: %w", err)

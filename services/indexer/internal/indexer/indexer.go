@@ -95,4 +95,3 @@ func Version() string {
 	}
 	return "dev"
 }
-

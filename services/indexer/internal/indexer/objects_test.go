@@ -19,7 +19,7 @@ type savedObject struct {
 	Type       string         `json:"type"`
 	ID         string         `json:"id"`
 	Attributes map[string]any `json:"attributes"`
-	References []objectRef `json:"references"`
+	References []objectRef    `json:"references"`
 }
 
 type objectRef struct {

@@ -301,12 +301,7 @@ func (s *ESSink) send(parent context.Context, body []byte, docs []Doc, from, to 
 	if failed, n, err := scanBulkSummary(rb.Bytes()); err == nil && !failed && n == to-from {
 		for i := from; i < to; i++ {
 			errs[i] = nil
-		}
-		s.docs.WithLabelValues(docs[from].Dataset, outcomeCreated).Add(float64(countDataset(docs[from:to], docs[from].Dataset)))
-		for _, d := range docs[from:to] {
-			if d.Dataset != docs[from].Dataset {
-				s.docs.WithLabelValues(d.Dataset, outcomeCreated).Inc()
-			}
+			s.docs.WithLabelValues(docs[i].Dataset, outcomeCreated).Inc()
 		}
 		return
 	}
@@ -397,15 +392,4 @@ func (s *ESSink) Close(ctx context.Context) error {
 		return fmt.Errorf("closing elasticsearch client: %w", err)
 	}
 	return nil
-}
-
-// countDataset counts the docs of dataset ds.
-func countDataset(docs []Doc, ds string) int {
-	n := 0
-	for _, d := range docs {
-		if d.Dataset == ds {
-			n++
-		}
-	}
-	return n
 }

@@ -106,6 +106,13 @@ type Event struct {
 	Rule        *Rule      `json:"rule,omitempty"`
 	Threat      *Threat    `json:"threat,omitempty"`
 	Whalewatch  Whalewatch `json:"whalewatch"`
+
+	// ECS bookkeeping (see ecs.go); Complete fills them.
+	ECS        *ECS        `json:"ecs,omitempty"`
+	DataStream *DataStream `json:"data_stream,omitempty"`
+	Agent      *Agent      `json:"agent,omitempty"`
+	Observer   *Observer   `json:"observer,omitempty"`
+	Related    *Related    `json:"related,omitempty"`
 }
 
 // Meta is ECS event.*.
@@ -135,6 +142,13 @@ type Container struct {
 	Image   Image             `json:"image,omitzero"`
 	Labels  map[string]string `json:"labels,omitempty"`
 	Runtime string            `json:"runtime,omitempty"`
+	// ECS container metrics and security context, derived by Complete from
+	// whalewatch.resource and whalewatch.config.
+	CPU             *ContainerUsage           `json:"cpu,omitempty"`
+	Memory          *ContainerUsage           `json:"memory,omitempty"`
+	Network         *ContainerNetwork         `json:"network,omitempty"`
+	Disk            *ContainerDisk            `json:"disk,omitempty"`
+	SecurityContext *ContainerSecurityContext `json:"security_context,omitempty"`
 }
 
 // Image is ECS container.image.*. ECS makes tag and hash.all arrays.
@@ -152,8 +166,8 @@ type ImageHash struct {
 // Process is ECS process.*. PIDs are as seen from the host's PID namespace
 // (docker top and /proc on the host both report host PIDs).
 type Process struct {
-	// EntityID identifies one process across its lifetime and across hosts
-	// (ECS process.entity_id): stable for a (host, pid, start time).
+	// EntityID identifies one process across documents: Complete derives
+	// it from host, container, PID and start time (PIDs are reused).
 	EntityID         string    `json:"entity_id,omitempty"`
 	PID              int       `json:"pid,omitempty"`
 	Name             string    `json:"name,omitempty"`

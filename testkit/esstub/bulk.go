@@ -93,7 +93,20 @@ func (s *Server) bulk(w http.ResponseWriter, r *http.Request, defaultIndex strin
 	rec.Seq = s.nextSeq()
 	rec.Status = http.StatusOK
 	s.bulks = append(s.bulks, rec)
+	lose := s.loseResponses > 0
+	if lose {
+		s.loseResponses--
+	}
 	s.mu.Unlock()
+	if lose { // stored, but the client never hears of it
+		if hj, ok := w.(http.Hijacker); ok {
+			if conn, _, err := hj.Hijack(); err == nil {
+				_ = conn.Close()
+				return
+			}
+		}
+		panic(http.ErrAbortHandler)
+	}
 
 	writeJSON(w, http.StatusOK, map[string]any{
 		"took":   time.Since(start).Milliseconds(),
@@ -185,6 +198,9 @@ func (s *Server) apply(op bulkOp) (int, map[string]any) {
 		item["error"] = map[string]any{"type": errType, "reason": reason, "index": op.index}
 		return status, item
 	}
+	if s.itemError != nil {
+		return fail(s.itemError.status, s.itemError.errType, injectedReason(s.itemError.errType, op.id))
+	}
 	if len(s.rejects) > 0 {
 		rj := s.rejects[0]
 		s.rejects = s.rejects[1:]
@@ -201,7 +217,8 @@ func (s *Server) apply(op bulkOp) (int, map[string]any) {
 	ds := s.streams[op.index]
 	if ds == nil {
 		if t, ok := s.matchTemplate(op.index); ok && t.dataStream {
-			ds = &DataStream{Name: op.index, Template: t.Name, BackingIndex: backingIndex(op.index, time.Now())}
+			ds = &DataStream{Name: op.index, Template: t.Name, BackingIndex: backingIndex(op.index, time.Now()),
+				Lifecycle: s.lifecycleOf(t)}
 		}
 	}
 	if ds != nil {

@@ -9,6 +9,9 @@
 //   - PUT /_component_template/{name} and PUT /_index_template/{name} validate
 //     and store templates; an index template must name existing component
 //     templates, and two templates of equal priority may not overlap;
+//   - PUT /_ilm/policy/{name} validates and stores an ILM policy (phases and
+//     actions by name); a data stream records the index.lifecycle.name its
+//     template's settings resolve to;
 //   - POST /_bulk and /{index}/_bulk parse NDJSON strictly and answer per-item
 //     results shaped like Elasticsearch's: a target that matches an index
 //     template with data_stream is a data stream (create only, @timestamp
@@ -19,7 +22,8 @@
 // template (logs-*-*, priority 100) unless WithoutStackTemplates is given.
 //
 // Failures are injected with SetDown (connections dropped), SetUnavailable
-// (503 to everything) and RejectNext (per-item rejections). What arrived is
+// (503 to everything), RejectNext and SetItemError (per-item rejections) and
+// LoseNextResponses (stored, answer lost). What arrived is
 // read back with Docs, AllDocs, BulkRequests, Templates and DataStreams. Every
 // recorded request carries a sequence number so tests can check ordering.
 package esstub
@@ -89,6 +93,7 @@ type Templates struct {
 type DataStream struct {
 	Name         string
 	Template     string // the index template that matched
+	Lifecycle    string // index.lifecycle.name its settings resolved to
 	BackingIndex string // answered as _index of its items
 }
 
@@ -128,17 +133,20 @@ type Server struct {
 	noStack    bool
 	maxContent int64
 
-	mu          sync.Mutex
-	seq         int64
-	down        bool
-	unavailable bool
-	rejects     []rejection
-	components  map[string]Template
-	indexTmpls  map[string]indexTemplate
-	streams     map[string]*DataStream
-	targets     map[string]*target
-	docs        []Doc
-	bulks       []BulkRequest
+	mu            sync.Mutex
+	seq           int64
+	down          bool
+	unavailable   bool
+	rejects       []rejection
+	itemError     *rejection
+	loseResponses int
+	components    map[string]Template
+	policies      map[string]Template
+	indexTmpls    map[string]indexTemplate
+	streams       map[string]*DataStream
+	targets       map[string]*target
+	docs          []Doc
+	bulks         []BulkRequest
 }
 
 type rejection struct {
@@ -166,6 +174,7 @@ func New(tb testing.TB, opts ...Option) *Server {
 	s := &Server{
 		maxContent: MaxContentLength,
 		components: map[string]Template{},
+		policies:   map[string]Template{},
 		indexTmpls: map[string]indexTemplate{},
 		streams:    map[string]*DataStream{},
 		targets:    map[string]*target{},
@@ -221,6 +230,27 @@ func (s *Server) RejectNext(n int, status int, errType string) {
 	}
 }
 
+// SetItemError makes every bulk item fail with status and an error of type
+// errType (e.g. 403 "cluster_block_exception" for a write block) until it is
+// called with status 0.
+func (s *Server) SetItemError(status int, errType string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.itemError = nil
+	if status != 0 {
+		s.itemError = &rejection{status: status, errType: errType}
+	}
+}
+
+// LoseNextResponses makes the next n _bulk requests be applied, then their
+// connection closed without a response: the documents are stored but the
+// client does not know it (a lost acknowledgement). A resend answers 409.
+func (s *Server) LoseNextResponses(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.loseResponses += n
+}
+
 // Docs returns the documents stored in one data stream or index, in order.
 func (s *Server) Docs(index string) []Doc {
 	s.mu.Lock()
@@ -236,6 +266,13 @@ func (s *Server) AllDocs() []Doc {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Clone(s.docs)
+}
+
+// DocCount is len(AllDocs()) without the copy.
+func (s *Server) DocCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.docs)
 }
 
 // BulkRequests returns the _bulk requests received, in order.
@@ -254,6 +291,13 @@ func (s *Server) Templates() Templates {
 		t.Index[k] = v.Template
 	}
 	return t
+}
+
+// Policies returns the stored ILM policies, by name.
+func (s *Server) Policies() map[string]Template {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return maps.Clone(s.policies)
 }
 
 // DataStreams returns the data streams created so far, by name.
@@ -322,6 +366,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.componentTemplate(w, r, parts[1])
 	case len(parts) == 2 && parts[0] == "_index_template":
 		s.indexTemplate(w, r, parts[1])
+	case len(parts) == 3 && parts[0] == "_ilm" && parts[1] == "policy":
+		s.ilmPolicy(w, r, parts[2])
 	default:
 		writeJSON(w, http.StatusBadRequest, map[string]any{
 			"error":  "no handler found for uri [" + r.URL.Path + "] and method [" + r.Method + "]",

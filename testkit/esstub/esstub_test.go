@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -333,6 +334,25 @@ func TestGlobMatch(t *testing.T) {
 	for _, tt := range tests {
 		if got := globMatch(tt.pattern, tt.s); got != tt.want {
 			t.Errorf("globMatch(%q, %q) = %v", tt.pattern, tt.s, got)
+		}
+	}
+}
+
+func TestFastParseAction(t *testing.T) {
+	t.Parallel()
+	for _, line := range []string{
+		`{"create":{"_index":"logs-a-b","_id":"0123"}}`,
+		`{"create":{"_index":"logs-a-b","_id":"a\"b"}}`,
+		`{"index":{"_index":"x","_id":"y"}}`,
+		`{"create":{"_id":"y","_index":"x"}}`,
+	} {
+		var want map[string]fastMeta
+		if err := json.Unmarshal([]byte(line), &want); err != nil {
+			t.Fatal(err)
+		}
+		got, err := parseAction([]byte(line))
+		if err != nil || !reflect.DeepEqual(want, got) {
+			t.Errorf("%s: got %v, %v; want %v", line, got, err, want)
 		}
 	}
 }

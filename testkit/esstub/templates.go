@@ -370,3 +370,142 @@ func checkField(path string, raw json.RawMessage, multi bool) error {
 	}
 	return nil
 }
+
+// ilmActions lists the actions each ILM phase takes.
+var ilmActions = map[string][]string{
+	"hot":    {"rollover", "set_priority", "unfollow", "readonly", "shrink", "forcemerge", "searchable_snapshot", "downsample"},
+	"warm":   {"set_priority", "unfollow", "readonly", "allocate", "migrate", "shrink", "forcemerge", "downsample"},
+	"cold":   {"set_priority", "unfollow", "readonly", "allocate", "migrate", "searchable_snapshot", "downsample"},
+	"frozen": {"unfollow", "searchable_snapshot"},
+	"delete": {"wait_for_snapshot", "delete"},
+}
+
+// ilmPolicy serves PUT and GET /_ilm/policy/{name}; Policies returns the
+// request bodies.
+func (s *Server) ilmPolicy(w http.ResponseWriter, r *http.Request, name string) {
+	switch r.Method {
+	case http.MethodGet:
+		s.mu.Lock()
+		p, ok := s.policies[name]
+		s.mu.Unlock()
+		if !ok {
+			writeError(w, http.StatusNotFound, "resource_not_found_exception", "Lifecycle policy not found: "+name)
+			return
+		}
+		var req struct {
+			Policy json.RawMessage `json:"policy"`
+		}
+		_ = json.Unmarshal(p.Body, &req)
+		writeJSON(w, http.StatusOK, map[string]any{name: map[string]any{"version": 1, "policy": req.Policy}})
+		return
+	case http.MethodPut:
+	default:
+		methodNotAllowed(w, r, "GET, PUT")
+		return
+	}
+	body, m, ok := s.templateBody(w, r, "put_lifecycle_request")
+	if !ok {
+		return
+	}
+	bad := func(format string, args ...any) {
+		writeError(w, http.StatusBadRequest, "x_content_parse_exception", fmt.Sprintf(format, args...))
+	}
+	if err := checkKeys(m, "put_lifecycle_request", []string{"policy"}, "policy"); err != nil {
+		bad("%v", err)
+		return
+	}
+	var policy map[string]json.RawMessage
+	if err := json.Unmarshal(m["policy"], &policy); err != nil || policy == nil {
+		bad("[put_lifecycle_request] failed to parse field [policy]")
+		return
+	}
+	if err := checkKeys(policy, "lifecycle_policy", []string{"phases"}, "phases", "_meta", "deprecated"); err != nil {
+		bad("%v", err)
+		return
+	}
+	var phases map[string]map[string]json.RawMessage
+	if err := json.Unmarshal(policy["phases"], &phases); err != nil {
+		bad("[lifecycle_policy] failed to parse field [phases]")
+		return
+	}
+	for phase, def := range phases {
+		allowed, ok := ilmActions[phase]
+		if !ok {
+			writeError(w, http.StatusBadRequest, "illegal_argument_exception", "Timeseries lifecycle does not support phase ["+phase+"]")
+			return
+		}
+		if err := checkKeys(def, "phase", []string{"actions"}, "actions", "min_age"); err != nil {
+			bad("%v", err)
+			return
+		}
+		var actions map[string]json.RawMessage
+		if err := json.Unmarshal(def["actions"], &actions); err != nil {
+			bad("[phase] failed to parse field [actions]")
+			return
+		}
+		for a := range actions {
+			if !slices.Contains(allowed, a) {
+				writeError(w, http.StatusBadRequest, "illegal_argument_exception", "invalid action ["+a+"] defined in phase ["+phase+"]")
+				return
+			}
+		}
+		if phase == "hot" {
+			if _, ok := actions["rollover"]; ok {
+				var ro map[string]json.RawMessage
+				if err := json.Unmarshal(actions["rollover"], &ro); err != nil || len(ro) == 0 {
+					writeError(w, http.StatusBadRequest, "action_request_validation_exception", "Validation Failed: 1: at least one max_* rollover condition must be set;")
+					return
+				}
+			}
+		}
+	}
+	s.mu.Lock()
+	s.policies[name] = Template{Seq: s.nextSeq(), Name: name, Body: body}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"acknowledged": true})
+}
+
+// lifecycleOf resolves index.lifecycle.name of t: its own template section
+// overrides its component templates, later ones override earlier ones.
+// Called with s.mu held.
+func (s *Server) lifecycleOf(t indexTemplate) string {
+	var body struct {
+		ComposedOf []string        `json:"composed_of"`
+		Template   json.RawMessage `json:"template"`
+	}
+	_ = json.Unmarshal(t.Body, &body)
+	name := ""
+	from := func(section json.RawMessage) {
+		var sec struct {
+			Settings map[string]any `json:"settings"`
+		}
+		if json.Unmarshal(section, &sec) != nil {
+			return
+		}
+		if v, ok := sec.Settings["index.lifecycle.name"].(string); ok {
+			name = v
+		}
+		if idx, ok := sec.Settings["index"].(map[string]any); ok {
+			if v, ok := idx["lifecycle.name"].(string); ok {
+				name = v
+			}
+			if lc, ok := idx["lifecycle"].(map[string]any); ok {
+				if v, ok := lc["name"].(string); ok {
+					name = v
+				}
+			}
+		}
+	}
+	for _, c := range body.ComposedOf {
+		if ct, ok := s.components[c]; ok {
+			var cb struct {
+				Template json.RawMessage `json:"template"`
+			}
+			if json.Unmarshal(ct.Body, &cb) == nil {
+				from(cb.Template)
+			}
+		}
+	}
+	from(body.Template)
+	return name
+}

@@ -18,6 +18,7 @@ func BenchmarkSink(b *testing.B) {
 	for i := range events {
 		events[i] = telemetry(event.Telemetries[i%len(event.Telemetries)])
 	}
+	docs := docsOf(b, events...)
 	check := func(b *testing.B, errs []error) {
 		for _, err := range errs {
 			if err != nil {
@@ -29,10 +30,10 @@ func BenchmarkSink(b *testing.B) {
 		name  string
 		write func(b *testing.B)
 	}{
-		{"bulk", func(b *testing.B) { check(b, s.Write(ctx, events)) }},
+		{"bulk", func(b *testing.B) { check(b, s.Write(ctx, docs)) }},
 		{"single", func(b *testing.B) {
-			for i := range events {
-				check(b, s.Write(ctx, events[i:i+1]))
+			for i := range docs {
+				check(b, s.Write(ctx, docs[i:i+1]))
 			}
 		}},
 	}
@@ -40,8 +41,8 @@ func BenchmarkSink(b *testing.B) {
 		b.Run(v.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
-				for _, e := range events {
-					e.Event.ID = event.NewID()
+				for i := range docs {
+					docs[i].ID = event.NewID()
 				}
 				v.write(b)
 				es.Reset() // keep the stub's memory flat

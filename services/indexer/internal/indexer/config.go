@@ -18,12 +18,20 @@ type Config struct {
 	Admin         admin.Config
 	Log           admin.LogConfig
 	Elasticsearch ESConfig
-	// BatchSize is the most events written in one bulk request per consumer.
+	// BatchSize is the most events pulled from JetStream at once, per consumer.
 	BatchSize int
+	// Workers is how many batches are written to Elasticsearch in parallel.
+	Workers int
+	// Retention is how long each kind of data stream keeps documents.
+	Retention RetentionConfig
 	// FlushInterval is how long a batch may wait to fill.
 	FlushInterval time.Duration
 	// IndexTelemetry turns the telemetry consumer on; threats are always indexed.
 	IndexTelemetry bool
+	// AckWait is how long JetStream waits for an ack before it redelivers a
+	// message: how soon the events in flight of a crashed indexer are
+	// indexed by another (or by itself, restarted).
+	AckWait time.Duration
 	// RetryMaxBackoff caps the redelivery delay of events Elasticsearch did
 	// not take: after an outage, indexing resumes within this delay.
 	RetryMaxBackoff time.Duration
@@ -38,8 +46,34 @@ type ESConfig struct {
 	CACert    string // path to a PEM file
 	Namespace string
 	Timeout   time.Duration
-	// MaxBulkBytes splits a batch into several bulk requests above this size.
+	// MaxBulkBytes bounds the bytes pulled at once and splits a batch into
+	// several bulk requests above this size.
 	MaxBulkBytes int
+	// Gzip compresses bulk request bodies.
+	Gzip bool
+}
+
+// RetentionConfig is how long Elasticsearch keeps each kind of document:
+// the delete phase of the data stream's ILM policy. Zero keeps for ever.
+type RetentionConfig struct {
+	Threats, Response, Telemetry time.Duration
+}
+
+// RegisterFlags registers the retention flags on fs.
+func (c *RetentionConfig) RegisterFlags(fs *flag.FlagSet) {
+	fs.DurationVar(&c.Threats, "retention-threats", 365*24*time.Hour, "how long Elasticsearch keeps threats (ILM delete phase; 0: for ever)")
+	fs.DurationVar(&c.Response, "retention-response", 365*24*time.Hour, "how long Elasticsearch keeps response requests and results (0: for ever)")
+	fs.DurationVar(&c.Telemetry, "retention-telemetry", 14*24*time.Hour, "how long Elasticsearch keeps telemetry (0: for ever)")
+}
+
+// Validate checks c.
+func (c *RetentionConfig) Validate() error {
+	for name, d := range map[string]time.Duration{"threats": c.Threats, "response": c.Response, "telemetry": c.Telemetry} {
+		if d != 0 && d < time.Hour {
+			return fmt.Errorf("retention-%s must be 0 (for ever) or at least 1h", name)
+		}
+	}
+	return nil
 }
 
 // RegisterFlags registers the indexer's flags on fs.
@@ -48,9 +82,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Admin.RegisterFlags(fs, "127.0.0.1:9103")
 	c.Log.RegisterFlags(fs)
 	c.Elasticsearch.RegisterFlags(fs)
-	fs.IntVar(&c.BatchSize, "batch-size", 500, "most events per bulk request, per consumer")
+	c.Retention.RegisterFlags(fs)
+	fs.IntVar(&c.BatchSize, "batch-size", 1000, "most events pulled from JetStream at once, per consumer")
+	fs.IntVar(&c.Workers, "workers", 4, "batches written to Elasticsearch in parallel")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", 200*time.Millisecond, "how long a batch may wait to fill before it is written")
 	fs.BoolVar(&c.IndexTelemetry, "index-telemetry", true, "index telemetry as well as threats (threats are always indexed)")
+	fs.DurationVar(&c.AckWait, "ack-wait", 30*time.Second, "how long JetStream waits for an ack before redelivering (events in flight of a crashed indexer wait this long); at least 3 × elasticsearch-timeout")
 	fs.DurationVar(&c.RetryMaxBackoff, "retry-max-backoff", 30*time.Second, "cap of the delay before events Elasticsearch did not take are tried again")
 }
 
@@ -63,7 +100,8 @@ func (c *ESConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.CACert, "elasticsearch-ca-cert", "", "path to a PEM file of the CA(s) that signed Elasticsearch's certificate (default: system roots)")
 	fs.StringVar(&c.Namespace, "elasticsearch-namespace", "default", "data stream namespace: documents go to logs-whalewatch.<dataset>-<namespace>")
 	fs.DurationVar(&c.Timeout, "elasticsearch-timeout", 10*time.Second, "timeout of one Elasticsearch request, retries included")
-	fs.IntVar(&c.MaxBulkBytes, "bulk-max-bytes", 10<<20, "a batch is split into bulk requests of at most this many bytes")
+	fs.IntVar(&c.MaxBulkBytes, "bulk-max-bytes", 10<<20, "most bytes pulled from JetStream at once; a batch is split into bulk requests of at most this many bytes")
+	fs.BoolVar(&c.Gzip, "bulk-gzip", false, "gzip bulk request bodies (less network, more CPU)")
 }
 
 // Validate checks c.
@@ -72,13 +110,19 @@ func (c *Config) Validate() error {
 	if c.BatchSize < 1 || c.BatchSize > 10000 {
 		errs = append(errs, errors.New("batch-size must be between 1 and 10000"))
 	}
+	if c.Workers < 1 || c.Workers > 64 {
+		errs = append(errs, errors.New("workers must be between 1 and 64"))
+	}
 	if c.FlushInterval < 0 {
 		errs = append(errs, errors.New("flush-interval must not be negative"))
+	}
+	if c.AckWait < 3*c.Elasticsearch.Timeout {
+		errs = append(errs, errors.New("ack-wait must be at least 3 × elasticsearch-timeout (a batch may take several requests)"))
 	}
 	if c.RetryMaxBackoff < time.Second {
 		errs = append(errs, errors.New("retry-max-backoff must be at least 1s"))
 	}
-	return errors.Join(append(errs, c.Elasticsearch.Validate(), c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate())...)
+	return errors.Join(append(errs, c.Elasticsearch.Validate(), c.Retention.Validate(), c.NATS.Validate(), c.Admin.Validate(), c.Log.Validate())...)
 }
 
 // Validate checks c. Its errors never include a secret.

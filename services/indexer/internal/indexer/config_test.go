@@ -29,7 +29,7 @@ func TestConfig(t *testing.T) {
 				require.Equal(t, []string{"http://127.0.0.1:9200"}, c.Elasticsearch.Addresses())
 				require.Equal(t, "127.0.0.1:9103", c.Admin.Addr)
 				require.Equal(t, "default", c.Elasticsearch.Namespace)
-				require.Equal(t, 500, c.BatchSize)
+				require.Equal(t, 1000, c.BatchSize)
 				require.Equal(t, 200*time.Millisecond, c.FlushInterval)
 				require.True(t, c.IndexTelemetry)
 			},
@@ -80,17 +80,20 @@ func TestConfigErrorsHideSecrets(t *testing.T) {
 	require.NotContains(t, err.Error(), "s3cr3tkey")
 }
 
-// The flag table of the README is the one the flags render, so the docs
+// The flag tables of the README are the ones the flags render, so the docs
 // cannot drift from the code.
 func TestREADMEFlagTable(t *testing.T) {
 	t.Parallel()
-	var cfg Config
-	fs := flag.NewFlagSet("indexer", flag.ContinueOnError)
-	cfg.RegisterFlags(fs)
-	var table bytes.Buffer
-	require.NoError(t, flagenv.WriteMarkdown(&table, fs))
 	readme, err := os.ReadFile("../../README.md")
 	require.NoError(t, err)
-	require.True(t, strings.Contains(string(readme), table.String()),
-		"README.md's configuration table is out of date; paste this:\n%s", table.String())
+	for name, cfg := range map[string]interface{ RegisterFlags(*flag.FlagSet) }{
+		"indexer": &Config{}, "indexer setup": &SetupConfig{},
+	} {
+		fs := flag.NewFlagSet(name, flag.ContinueOnError)
+		cfg.RegisterFlags(fs)
+		var table bytes.Buffer
+		require.NoError(t, flagenv.WriteMarkdown(&table, fs))
+		require.True(t, strings.Contains(string(readme), table.String()),
+			"README.md's configuration table of %s is out of date; paste this:\n%s", name, table.String())
+	}
 }

@@ -2,6 +2,7 @@ package indexer
 
 import (
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/x509"
 	"encoding/json"
@@ -39,13 +40,17 @@ func NewClient(cfg ESConfig) (*elasticsearch.Client, error) {
 		}
 	}
 	c, err := elasticsearch.NewClient(elasticsearch.Config{
-		Addresses:    cfg.Addresses(),
-		APIKey:       cfg.APIKey,
-		Username:     cfg.Username,
-		Password:     cfg.Password,
-		CACert:       ca,
-		MaxRetries:   2,
-		RetryBackoff: func(attempt int) time.Duration { return time.Duration(attempt) * 100 * time.Millisecond },
+		Addresses:  cfg.Addresses(),
+		APIKey:     cfg.APIKey,
+		Username:   cfg.Username,
+		Password:   cfg.Password,
+		CACert:     ca,
+		MaxRetries: 2,
+		// Bulk bodies of ECS JSON shrink about tenfold; BestSpeed costs the
+		// least CPU per byte saved.
+		CompressRequestBody:      cfg.Gzip,
+		CompressRequestBodyLevel: gzip.BestSpeed,
+		RetryBackoff:             func(attempt int) time.Duration { return time.Duration(attempt) * 100 * time.Millisecond },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("elasticsearch client: %w", err)
@@ -73,11 +78,12 @@ const (
 	outcomeCreated   = "created"   // 201
 	outcomeDuplicate = "duplicate" // 409: indexed before (a redelivery)
 	outcomeRetry     = "retry"     // transient: nak'ed, tried again
+	outcomeBlocked   = "blocked"   // operations error: nak'ed, tried again, readiness fails
 	outcomeRejected  = "rejected"  // permanent: dead-lettered
 )
 
-// ESSink writes events to Elasticsearch data streams with the _bulk API:
-// op create, _id = event.id, so that redelivered events are stored once.
+// ESSink writes documents to Elasticsearch data streams with the _bulk API:
+// op create, _id = event.id, so that redelivered documents are stored once.
 type ESSink struct {
 	client   *elasticsearch.Client
 	ns       string
@@ -88,6 +94,7 @@ type ESSink struct {
 	docs     *prometheus.CounterVec
 	duration prometheus.Histogram
 	failures *prometheus.CounterVec
+	ops      *prometheus.CounterVec
 	bufs     sync.Pool
 }
 
@@ -102,7 +109,7 @@ func NewESSink(client *elasticsearch.Client, cfg ESConfig, log *slog.Logger, reg
 		log:      log,
 		docs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "whalewatch_indexer_documents_total",
-			Help: "Documents sent to Elasticsearch, by dataset and outcome (created, duplicate, retry, rejected).",
+			Help: "Documents sent to Elasticsearch, by dataset and outcome (created, duplicate, retry, blocked, rejected).",
 		}, []string{"dataset", "outcome"}),
 		duration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "whalewatch_indexer_bulk_request_seconds",
@@ -113,69 +120,70 @@ func NewESSink(client *elasticsearch.Client, cfg ESConfig, log *slog.Logger, reg
 			Name: "whalewatch_indexer_bulk_failures_total",
 			Help: "_bulk requests that failed as a whole (every document retried), by reason (transport, http_<status>, response).",
 		}, []string{"reason"}),
+		ops: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "whalewatch_indexer_operations_errors_total",
+			Help: "Documents or requests Elasticsearch refused for an operations reason (cluster_block, forbidden, not_found, unauthorized); retried.",
+		}, []string{"reason"}),
 		bufs: sync.Pool{New: func() any { return new(bytes.Buffer) }},
 	}
-	reg.MustRegister(s.docs, s.duration, s.failures)
+	reg.MustRegister(s.docs, s.duration, s.failures, s.ops)
 	return s
 }
 
-// pending is one document of a bulk request: its place in the batch.
-type pending struct {
-	i       int
-	dataset string
-}
-
-// actionLine is the NDJSON action of one document.
-type actionLine struct {
-	Create actionMeta `json:"create"`
-}
-
-type actionMeta struct {
-	Index string `json:"_index"`
-	ID    string `json:"_id"`
-}
-
-// Write indexes batch with as few _bulk requests as the byte limit allows.
-func (s *ESSink) Write(ctx context.Context, batch []*event.Event) []error {
-	errs := make([]error, len(batch))
+// Write indexes docs with as few _bulk requests as the byte limit allows.
+func (s *ESSink) Write(ctx context.Context, docs []Doc) []error {
+	errs := make([]error, len(docs))
 	buf := s.bufs.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 2*s.maxBytes { // don't keep an outsized buffer
+			s.bufs.Put(buf)
+		}
+	}()
+	first := 0
 	buf.Reset()
-	enc := json.NewEncoder(buf) // Encode appends the newline NDJSON needs
-	var chunk []pending
-	for i, e := range batch {
-		ds, err := Dataset(e)
-		if err != nil {
-			errs[i] = err
-			s.docs.WithLabelValues("unknown", outcomeRejected).Inc()
-			continue
-		}
+	for i, d := range docs {
 		start := buf.Len()
-		_ = enc.Encode(actionLine{actionMeta{Index: DataStreamType + "-" + ds + "-" + s.ns, ID: e.Event.ID}})
-		// The same encoding as event.Marshal, so the stored _source is the
-		// document as published.
-		if err := enc.Encode(e); err != nil {
-			buf.Truncate(start)
-			errs[i] = bus.Permanent(fmt.Errorf("encoding event: %w", err))
-			s.docs.WithLabelValues(ds, outcomeRejected).Inc()
-			continue
-		}
-		if buf.Len() > s.maxBytes && start > 0 {
+		appendDoc(buf, DataStreamType+"-"+d.Dataset+"-"+s.ns, d)
+		if buf.Len() > s.maxBytes && i > first {
 			tail := slices.Clone(buf.Bytes()[start:])
 			buf.Truncate(start)
-			s.send(ctx, buf.Bytes(), chunk, errs)
+			s.send(ctx, buf.Bytes(), docs, first, i, errs)
 			buf.Reset()
 			buf.Write(tail)
-			chunk = chunk[:0]
+			first = i
 		}
-		chunk = append(chunk, pending{i: i, dataset: ds})
 	}
-	if len(chunk) > 0 {
-		s.send(ctx, buf.Bytes(), chunk, errs)
-	}
-	if buf.Cap() <= 2*s.maxBytes { // don't keep an outsized buffer
-		s.bufs.Put(buf)
+	if first < len(docs) {
+		s.send(ctx, buf.Bytes(), docs, first, len(docs), errs)
 	}
 	return errs
+}
+
+// appendDoc appends the action line and the source line of d.
+func appendDoc(buf *bytes.Buffer, index string, d Doc) {
+	buf.WriteString(`{"create":{"_index":"`)
+	buf.WriteString(index) // validated: no character JSON escapes
+	buf.WriteString(`","_id":`)
+	appendJSONString(buf, d.ID)
+	buf.WriteString("}}\n")
+	buf.Write(d.Prefix)
+	buf.Write(d.Body)
+	buf.WriteByte('\n')
+}
+
+// appendJSONString appends s as a JSON string; ids are usually hex, so the
+// common case copies.
+func appendJSONString(buf *bytes.Buffer, s string) {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			b, _ := json.Marshal(s) // never fails for a string
+			buf.Write(b)
+			return
+		}
+	}
+	buf.WriteByte('"')
+	buf.WriteString(s)
+	buf.WriteByte('"')
 }
 
 // bulkResponse is the part of a _bulk response the sink reads.
@@ -209,16 +217,27 @@ func (e *esError) String() string {
 	return event.Truncate(s, 512)
 }
 
-// send performs one _bulk request for chunk and sets the errors of its events.
-func (s *ESSink) send(parent context.Context, body []byte, chunk []pending, errs []error) {
+// bulkFilter keeps only what the sink reads of a _bulk response.
+var bulkFilter = []string{"errors", "items.*.status", "items.*.error", "items.*._id", "items.*._index"}
+
+// send performs one _bulk request for docs[from:to] and sets their errors. A
+// body Elasticsearch finds too large (413) is split in halves; a single
+// document too large is refused for good.
+func (s *ESSink) send(parent context.Context, body []byte, docs []Doc, from, to int, errs []error) {
 	failAll := func(reason string, err error) {
 		s.failures.WithLabelValues(reason).Inc()
 		if parent.Err() == nil { // not shutting down
-			s.log.Warn("bulk request failed; its events will be retried", "documents", len(chunk), "err", err)
+			s.log.Warn("bulk request failed; its documents will be retried", "documents", to-from, "err", err)
 		}
-		for _, p := range chunk {
-			errs[p.i] = err
-			s.docs.WithLabelValues(p.dataset, outcomeRetry).Inc()
+		outcome := outcomeRetry
+		var ops *OpsError
+		if errors.As(err, &ops) {
+			outcome = outcomeBlocked
+			s.ops.WithLabelValues(ops.Reason).Inc()
+		}
+		for i := from; i < to; i++ {
+			errs[i] = err
+			s.docs.WithLabelValues(docs[i].Dataset, outcome).Inc()
 		}
 	}
 
@@ -226,8 +245,9 @@ func (s *ESSink) send(parent context.Context, body []byte, chunk []pending, errs
 	defer cancel()
 	start := time.Now()
 	res, err := esapi.BulkRequest{
-		Body:   bytes.NewReader(body),
-		Header: http.Header{"Content-Type": {"application/x-ndjson"}},
+		Body:       bytes.NewReader(body),
+		Header:     http.Header{"Content-Type": {"application/x-ndjson"}},
+		FilterPath: bulkFilter,
 	}.Do(ctx, s.client)
 	if err != nil {
 		s.duration.Observe(time.Since(start).Seconds())
@@ -235,35 +255,77 @@ func (s *ESSink) send(parent context.Context, body []byte, chunk []pending, errs
 		return
 	}
 	defer res.Body.Close()
+	if res.StatusCode == http.StatusRequestEntityTooLarge {
+		s.duration.Observe(time.Since(start).Seconds())
+		_, _ = io.Copy(io.Discard, res.Body)
+		if to-from == 1 {
+			errs[from] = bus.Permanent(fmt.Errorf("elasticsearch refused document %s: %d bytes are more than http.max_content_length",
+				event.Truncate(docs[from].ID, 64), docs[from].Len()))
+			s.docs.WithLabelValues(docs[from].Dataset, outcomeRejected).Inc()
+			return
+		}
+		s.failures.WithLabelValues("http_413").Inc()
+		mid := from + (to-from)/2
+		for _, r := range [][2]int{{from, mid}, {mid, to}} {
+			var half bytes.Buffer
+			for _, d := range docs[r[0]:r[1]] {
+				appendDoc(&half, DataStreamType+"-"+d.Dataset+"-"+s.ns, d)
+			}
+			s.send(parent, half.Bytes(), docs, r[0], r[1], errs)
+		}
+		return
+	}
 	if res.IsError() {
 		s.duration.Observe(time.Since(start).Seconds())
 		var e struct {
 			Error esError `json:"error"`
 		}
 		_ = json.NewDecoder(io.LimitReader(res.Body, 64<<10)).Decode(&e)
-		failAll("http_"+strconv.Itoa(res.StatusCode),
-			fmt.Errorf("elasticsearch bulk request: %s: %s", res.Status(), e.Error.String()))
+		err := fmt.Errorf("elasticsearch bulk request: %s: %s", res.Status(), e.Error.String())
+		if reason := opsReason(res.StatusCode, e.Error.Type); reason != "" {
+			err = &OpsError{Reason: reason, Err: err}
+		}
+		failAll("http_"+strconv.Itoa(res.StatusCode), err)
+		return
+	}
+	rb := s.bufs.Get().(*bytes.Buffer)
+	defer s.bufs.Put(rb)
+	rb.Reset()
+	_, err = rb.ReadFrom(res.Body)
+	s.duration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		failAll("transport", fmt.Errorf("elasticsearch bulk response: %w", err))
+		return
+	}
+	// Mostly every item is created: count them, decode nothing.
+	if failed, n, err := scanBulkSummary(rb.Bytes()); err == nil && !failed && n == to-from {
+		for i := from; i < to; i++ {
+			errs[i] = nil
+			s.docs.WithLabelValues(docs[i].Dataset, outcomeCreated).Inc()
+		}
 		return
 	}
 	var br bulkResponse
-	err = json.NewDecoder(res.Body).Decode(&br)
-	s.duration.Observe(time.Since(start).Seconds())
-	if err != nil {
+	if err := json.Unmarshal(rb.Bytes(), &br); err != nil {
 		failAll("response", fmt.Errorf("elasticsearch bulk response: %w", err))
 		return
 	}
-	if len(br.Items) != len(chunk) {
-		failAll("response", fmt.Errorf("elasticsearch bulk response has %d items for %d documents", len(br.Items), len(chunk)))
+	if len(br.Items) != to-from {
+		failAll("response", fmt.Errorf("elasticsearch bulk response has %d items for %d documents", len(br.Items), to-from))
 		return
 	}
-	for k, p := range chunk {
+	for k := range br.Items {
 		var it bulkItem
 		for _, v := range br.Items[k] { // one key: the op
 			it = v
 		}
 		outcome, err := itemOutcome(it)
-		errs[p.i] = err
-		s.docs.WithLabelValues(p.dataset, outcome).Inc()
+		errs[from+k] = err
+		s.docs.WithLabelValues(docs[from+k].Dataset, outcome).Inc()
+		var ops *OpsError
+		if errors.As(err, &ops) {
+			s.ops.WithLabelValues(ops.Reason).Inc()
+		}
 	}
 }
 
@@ -277,10 +339,41 @@ func itemOutcome(it bulkItem) (string, error) {
 	}
 	err := fmt.Errorf("elasticsearch refused document %s in %s with %d: %s",
 		event.Truncate(it.ID, 64), event.Truncate(it.Index, 256), it.Status, it.Error)
+	errType := ""
+	if it.Error != nil {
+		errType = it.Error.Type
+	}
+	if reason := opsReason(it.Status, errType); reason != "" {
+		return outcomeBlocked, &OpsError{Reason: reason, Err: err}
+	}
 	if transientItem(it) {
 		return outcomeRetry, err
 	}
 	return outcomeRejected, bus.Permanent(err)
+}
+
+// opsReason names an operations refusal, or returns "" for any other: a
+// write block, missing privileges or credentials, a missing index. The
+// document is not at fault, so it must wait for the operator, not be
+// dead-lettered.
+func opsReason(status int, errType string) string {
+	switch {
+	case errType == "cluster_block_exception":
+		return "cluster_block"
+	case errType == "index_not_found_exception" || errType == "index_closed_exception":
+		return "not_found"
+	case errType == "security_exception" && status == http.StatusUnauthorized:
+		return "unauthorized"
+	case errType == "security_exception":
+		return "forbidden"
+	case status == http.StatusUnauthorized:
+		return "unauthorized"
+	case status == http.StatusForbidden:
+		return "forbidden"
+	case status == http.StatusNotFound:
+		return "not_found"
+	}
+	return ""
 }
 
 // transientItem reports whether a refused item may be taken later: the

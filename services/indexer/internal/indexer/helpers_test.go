@@ -93,3 +93,35 @@ func marshal(tb testing.TB, e *event.Event) string {
 	require.NoError(tb, err)
 	return string(b)
 }
+
+// docsOf prepares events as the pipeline does with the payloads their
+// publishers send.
+func docsOf(tb testing.TB, events ...*event.Event) []Doc {
+	tb.Helper()
+	p := newPreparer("default", Version())
+	out := make([]Doc, len(events))
+	for i, e := range events {
+		d, err := p.prepare([]byte(marshal(tb, e)))
+		require.NoError(tb, err)
+		out[i] = d
+	}
+	return out
+}
+
+// storedJSON is the document the indexer stores for e, published as it is.
+func storedJSON(tb testing.TB, e *event.Event) string {
+	tb.Helper()
+	d := docsOf(tb, e)[0]
+	return string(d.Prefix) + string(d.Body)
+}
+
+// templateOf is the index template a data stream of dataset gets.
+func templateOf(dataset string) string {
+	switch dataset {
+	case event.DatasetThreat:
+		return "whalewatch-threat"
+	case event.DatasetResponse:
+		return "whalewatch-response"
+	}
+	return IndexTemplate
+}

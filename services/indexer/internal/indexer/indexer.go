@@ -1,5 +1,6 @@
-// Package indexer writes whalewatch threats and telemetry from NATS into
-// Elasticsearch data streams, where analysts search them in Kibana.
+// Package indexer writes whalewatch threats, telemetry and response actions
+// from NATS into Elasticsearch data streams, where analysts search them in
+// Kibana.
 //
 // Nothing is lost while Elasticsearch is down: an event is acked only once
 // Elasticsearch stored it (or had stored it before: _id is event.id), so
@@ -12,22 +13,14 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"runtime/debug"
 	"sync/atomic"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/whalewatch/whalewatch/pkg/admin"
-	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/service"
-	"github.com/whalewatch/whalewatch/pkg/subject"
-)
-
-// Durable consumer names; dead letters go to whalewatch.deadletter.<name>.
-const (
-	ConsumerThreats   = "indexer-threats"
-	ConsumerTelemetry = "indexer-telemetry"
 )
 
 // Run connects to NATS and Elasticsearch and indexes until ctx ends.
@@ -42,6 +35,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 		return err
 	}
 	sink := NewESSink(client, cfg.Elasticsearch, log, reg)
+	health := newOpsHealth()
 	defer func() {
 		closeCtx, cancel := context.WithTimeout(context.Background(), cfg.Admin.ShutdownTimeout)
 		defer cancel()
@@ -58,6 +52,7 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 
 	var templates atomic.Bool
 	srv.AddCheck("elasticsearch", Ping(client))
+	srv.AddCheck("elasticsearch-writes", health.check)
 	srv.AddCheck("templates", func(context.Context) error {
 		if !templates.Load() {
 			return errors.New("index templates not installed yet")
@@ -72,14 +67,15 @@ func run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 
 	return rt.Serve(ctx, cfg.NATS.Streams, func(ctx context.Context, _ *errgroup.Group) error {
 		// Events wait in JetStream until the data streams will get our mappings.
-		if err := InstallTemplatesRetry(ctx, client, func(err error) {
+		if err := InstallTemplatesRetry(ctx, client, cfg.Retention, func(err error) {
 			log.Warn("installing Elasticsearch templates, will retry", "err", err)
 		}); err != nil {
 			return nil // shutting down
 		}
 		templates.Store(true)
-		log.Info("Elasticsearch templates installed", "component_template", ComponentTemplate, "index_template", IndexTemplate)
-		return New(rt.JS, sink, cfg, log, reg).Run(ctx)
+		log.Info("Elasticsearch templates and lifecycle policies installed", "component_template", ComponentTemplate,
+			"index_templates", IndexTemplates())
+		return New(rt.JS, sink, cfg, health, Version(), log, reg).Run(ctx)
 	})
 }
 
@@ -91,52 +87,11 @@ func redactedAddresses(c ESConfig) []string {
 	return out
 }
 
-// Indexer runs the consumers that feed a Sink.
-type Indexer struct {
-	cfg     Config
-	js      bus.JetStream
-	sink    Sink
-	metrics *bus.ConsumerMetrics
-	log     *slog.Logger
-}
-
-// New returns an indexer consuming from js into sink.
-func New(js bus.JetStream, sink Sink, cfg Config, log *slog.Logger, reg prometheus.Registerer) *Indexer {
-	return &Indexer{cfg: cfg, js: js, sink: sink, metrics: bus.NewConsumerMetrics(reg), log: log}
-}
-
-// Consumers describes the durable consumers the indexer runs: threats always,
-// telemetry when enabled. MaxDeliver is unlimited: an event Elasticsearch
-// cannot take now is retried until it can, however long the outage.
-func (ix *Indexer) Consumers() []bus.ConsumerConfig {
-	c := func(stream, durable, filter string) bus.ConsumerConfig {
-		return bus.ConsumerConfig{
-			Stream:         stream,
-			Durable:        durable,
-			FilterSubjects: []string{filter},
-			BatchSize:      ix.cfg.BatchSize,
-			FlushInterval:  ix.cfg.FlushInterval,
-			// A batch may take several requests of up to Timeout each; a
-			// redelivery while one is in flight is harmless (409).
-			AckWait:      max(30*time.Second, 3*ix.cfg.Elasticsearch.Timeout),
-			MaxDeliver:   -1,
-			MaxBackoff:   ix.cfg.RetryMaxBackoff,
-			DrainTimeout: ix.cfg.Admin.ShutdownTimeout,
-		}
+// Version is the indexer's build version (the main module's), "dev" when
+// unknown; it becomes agent.version of documents the indexer completes.
+func Version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
 	}
-	out := []bus.ConsumerConfig{c(bus.StreamThreats, ConsumerThreats, subject.AllThreats)}
-	if ix.cfg.IndexTelemetry {
-		out = append(out, c(bus.StreamTelemetry, ConsumerTelemetry, subject.AllTelemetry))
-	}
-	return out
-}
-
-// Run consumes until ctx ends, then drains.
-func (ix *Indexer) Run(ctx context.Context) error {
-	g, gctx := errgroup.WithContext(ctx)
-	for _, cc := range ix.Consumers() {
-		c := bus.NewConsumer(ix.js, cc, bus.HandlerFunc(ix.sink.Write), ix.metrics, ix.log)
-		g.Go(func() error { return c.Run(gctx) })
-	}
-	return g.Wait()
+	return "dev"
 }

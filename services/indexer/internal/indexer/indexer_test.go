@@ -53,6 +53,12 @@ func newEnv(t *testing.T) *env {
 // test ends; it must then stop cleanly.
 func (e *env) start(args ...string) {
 	e.t.Helper()
+	e.startWith(prometheus.NewRegistry(), args...)
+}
+
+// startWith is start with the metrics registry reg.
+func (e *env) startWith(reg *prometheus.Registry, args ...string) {
+	e.t.Helper()
 	cfg, err := parseConfig(e.t, append([]string{
 		"-nats-url", e.nats.ClientURL(),
 		"-elasticsearch-url", e.es.URL,
@@ -67,7 +73,7 @@ func (e *env) start(args ...string) {
 	srvc := make(chan *admin.Server, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, cfg, testLogger(e.t), prometheus.NewRegistry(), func(s *admin.Server) { srvc <- s })
+		done <- run(ctx, cfg, testLogger(e.t), reg, func(s *admin.Server) { srvc <- s })
 	}()
 	e.t.Cleanup(func() {
 		cancel()
@@ -98,7 +104,10 @@ func (e *env) publish(events ...*event.Event) {
 	defer cancel()
 	for _, ev := range events {
 		subj := subject.ForThreat(ev)
-		if ev.Event.Kind == event.KindEvent {
+		switch {
+		case ev.Event.Dataset == event.DatasetResponse:
+			subj = subject.ActionResult(ev.Host.Name, ev.Container.ID)
+		case ev.Event.Kind == event.KindEvent:
 			subj = subject.ForTelemetry(ev)
 		}
 		require.NoError(e.t, e.pub.Publish(ctx, subj, ev))
@@ -151,9 +160,10 @@ func (e *env) requireIndexed(events ...*event.Event) {
 			}
 		}
 		require.Len(e.t, found, 1, "event %s in %s", ev.Event.ID, ds)
-		require.Equal(e.t, marshal(e.t, ev), string(found[0].Source))
+		require.Equal(e.t, storedJSON(e.t, ev), string(found[0].Source))
 		require.Equal(e.t, "create", found[0].Op)
-		require.Equal(e.t, IndexTemplate, e.es.DataStreams()[ds].Template, "data stream %s", ds)
+		dataset, _ := Dataset(ev)
+		require.Equal(e.t, templateOf(dataset), e.es.DataStreams()[ds].Template, "data stream %s", ds)
 	}
 }
 
@@ -163,12 +173,14 @@ func (e *env) requireTemplatesFirst() {
 	tmpl := e.es.Templates()
 	comp, ok := tmpl.Component[ComponentTemplate]
 	require.True(e.t, ok, "component template installed")
-	idx, ok := tmpl.Index[IndexTemplate]
-	require.True(e.t, ok, "index template installed")
-	require.Less(e.t, comp.Seq, idx.Seq)
 	bulks := e.es.BulkRequests()
 	require.NotEmpty(e.t, bulks)
-	require.Greater(e.t, bulks[0].Seq, idx.Seq, "a bulk request came before the index template")
+	for _, name := range IndexTemplates() {
+		idx, ok := tmpl.Index[name]
+		require.True(e.t, ok, "index template %s installed", name)
+		require.Less(e.t, comp.Seq, idx.Seq)
+		require.Greater(e.t, bulks[0].Seq, idx.Seq, "a bulk request came before the index template %s", name)
+	}
 }
 
 func TestIndexesThreatsAndTelemetry(t *testing.T) {

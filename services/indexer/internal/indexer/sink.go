@@ -10,18 +10,31 @@ import (
 
 // Sink stores events where analysts search them.
 //
-// Write stores a batch and returns one error per event, in order, with the
-// meaning bus.Handler gives them: nil when the event is stored (or was
-// already: writing the same event.id twice stores it once), a bus.Permanent
-// error when the store will never take it, any other error when it may later.
-// Write is called concurrently by the consumers and must not keep the events
-// after it returns.
+// Write stores a batch and returns one error per document, in order: nil
+// when the document is stored (or was already: writing the same ID twice
+// stores it once), a bus.Permanent error when the store will never take it
+// (the message is dead-lettered), an *OpsError when the store refuses writes
+// for a reason an operator must fix (retried, and readiness fails), any other
+// error when it may take it later (retried). Write is called concurrently by
+// the workers and must not keep the documents after it returns.
 //
 // Close releases the sink's resources once no Write is running.
 type Sink interface {
-	Write(ctx context.Context, batch []*event.Event) []error
+	Write(ctx context.Context, docs []Doc) []error
 	Close(ctx context.Context) error
 }
+
+// OpsError is a refusal an operator must fix: a write block on the index
+// (cluster_block_exception), a missing privilege (403, security_exception),
+// a missing index or data stream (404, index_not_found_exception). It is not
+// the document's fault: the document is retried, never dead-lettered.
+type OpsError struct {
+	Reason string // metric label: cluster_block, forbidden, not_found, unauthorized
+	Err    error
+}
+
+func (e *OpsError) Error() string { return e.Err.Error() }
+func (e *OpsError) Unwrap() error { return e.Err }
 
 // DataStreamType is the data stream type of every whalewatch document.
 const DataStreamType = "logs"

@@ -32,30 +32,21 @@ func newMemorySink(ns string) *memorySink {
 	return &memorySink{ns: ns, docs: map[string]map[string]string{}}
 }
 
-func (m *memorySink) Write(_ context.Context, batch []*event.Event) []error {
+func (m *memorySink) Write(_ context.Context, docs []Doc) []error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	errs := make([]error, len(batch))
-	for i, e := range batch {
+	errs := make([]error, len(docs))
+	for i, d := range docs {
 		if m.fail != nil {
 			errs[i] = m.fail
 			continue
 		}
-		ds, err := DataStream(e, m.ns)
-		if err != nil {
-			errs[i] = err
-			continue
-		}
-		b, err := event.Marshal(e)
-		if err != nil {
-			errs[i] = bus.Permanent(err)
-			continue
-		}
+		ds := DataStreamType + "-" + d.Dataset + "-" + m.ns
 		if m.docs[ds] == nil {
 			m.docs[ds] = map[string]string{}
 		}
-		if _, ok := m.docs[ds][e.Event.ID]; !ok {
-			m.docs[ds][e.Event.ID] = string(b)
+		if _, ok := m.docs[ds][d.ID]; !ok {
+			m.docs[ds][d.ID] = string(d.Prefix) + string(d.Body)
 		}
 	}
 	return errs
@@ -86,7 +77,7 @@ func newESSinkUnderTest(tb testing.TB, opts ...esstub.Option) (*ESSink, *esstub.
 	require.NoError(tb, err)
 	client, err := NewClient(cfg.Elasticsearch)
 	require.NoError(tb, err)
-	require.NoError(tb, InstallTemplates(context.Background(), client))
+	require.NoError(tb, InstallTemplates(context.Background(), client, cfg.Retention))
 	s := NewESSink(client, cfg.Elasticsearch, testLogger(tb), prometheus.NewRegistry())
 	tb.Cleanup(func() { _ = s.Close(context.Background()) })
 	return s, es
@@ -130,11 +121,11 @@ func testSinkContract(t *testing.T, newSink func(t *testing.T) sinkUnderTest) {
 		t.Parallel()
 		s := newSink(t)
 		batch := []*event.Event{threat("suspicious-tool-netcat"), telemetry(event.TelemetryProcess), telemetry(event.TelemetryLog)}
-		require.Equal(t, []error{nil, nil, nil}, s.sink.Write(ctx, batch))
+		require.Equal(t, []error{nil, nil, nil}, s.sink.Write(ctx, docsOf(t, batch...)))
 		for _, e := range batch {
 			ds, err := DataStream(e, "default")
 			require.NoError(t, err)
-			require.Equal(t, marshal(t, e), s.stored(ds)[e.Event.ID], "document %s in %s", e.Event.ID, ds)
+			require.Equal(t, storedJSON(t, e), s.stored(ds)[e.Event.ID], "document %s in %s", e.Event.ID, ds)
 		}
 		require.Len(t, s.stored("logs-whalewatch.threat-default"), 1)
 	})
@@ -143,22 +134,9 @@ func testSinkContract(t *testing.T, newSink func(t *testing.T) sinkUnderTest) {
 		t.Parallel()
 		s := newSink(t)
 		e := threat("r")
-		require.Equal(t, []error{nil}, s.sink.Write(ctx, []*event.Event{e}))
-		require.Equal(t, []error{nil, nil}, s.sink.Write(ctx, []*event.Event{e, e}))
+		require.Equal(t, []error{nil}, s.sink.Write(ctx, docsOf(t, e)))
+		require.Equal(t, []error{nil, nil}, s.sink.Write(ctx, docsOf(t, e, e)))
 		require.Len(t, s.stored("logs-whalewatch.threat-default"), 1)
-	})
-
-	t.Run("an event with no data stream fails permanently alone", func(t *testing.T) {
-		t.Parallel()
-		s := newSink(t)
-		bad := telemetry(event.TelemetryProcess)
-		bad.Whalewatch.Telemetry = ""
-		good := telemetry(event.TelemetryFile)
-		errs := s.sink.Write(ctx, []*event.Event{bad, good})
-		require.Len(t, errs, 2)
-		require.True(t, bus.IsPermanent(errs[0]), "got %v", errs[0])
-		require.NoError(t, errs[1])
-		require.Contains(t, s.stored("logs-whalewatch.file-default"), good.Event.ID)
 	})
 
 	t.Run("empty batch", func(t *testing.T) {
@@ -176,7 +154,7 @@ func testSinkContract(t *testing.T, newSink func(t *testing.T) sinkUnderTest) {
 				for i := range batch {
 					batch[i] = telemetry(event.TelemetryNetwork)
 				}
-				for _, err := range s.sink.Write(ctx, batch) {
+				for _, err := range s.sink.Write(ctx, docsOf(t, batch...)) {
 					require.NoError(t, err)
 				}
 			})
@@ -234,6 +212,11 @@ func TestItemOutcome(t *testing.T) {
 		{"document parsing", bulkItem{Status: 400, Error: e("document_parsing_exception")}, outcomeRejected, true},
 		{"illegal argument", bulkItem{Status: 400, Error: e("illegal_argument_exception")}, outcomeRejected, true},
 		{"other conflict", bulkItem{Status: 409, Error: e("something_else")}, outcomeRejected, true},
+		{"write block", bulkItem{Status: 403, Error: e("cluster_block_exception")}, outcomeBlocked, false},
+		{"read-only after disk watermark", bulkItem{Status: 429, Error: e("cluster_block_exception")}, outcomeBlocked, false},
+		{"missing privilege", bulkItem{Status: 403, Error: e("security_exception")}, outcomeBlocked, false},
+		{"missing index", bulkItem{Status: 404, Error: e("index_not_found_exception")}, outcomeBlocked, false},
+		{"forbidden", bulkItem{Status: 403, Error: e("x")}, outcomeBlocked, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -242,6 +225,8 @@ func TestItemOutcome(t *testing.T) {
 			require.Equal(t, tt.outcome, outcome)
 			require.Equal(t, tt.outcome == outcomeCreated || tt.outcome == outcomeDuplicate, err == nil, "err %v", err)
 			require.Equal(t, tt.permanent, bus.IsPermanent(err))
+			var ops *OpsError
+			require.Equal(t, tt.outcome == outcomeBlocked, errors.As(err, &ops), "operations error")
 			if err != nil {
 				require.Contains(t, err.Error(), tt.item.Error.Type, "the reason reaches the dead letter")
 			}
@@ -254,7 +239,7 @@ func TestESSinkPerItemOutcomes(t *testing.T) {
 	t.Parallel()
 	s, es := newESSinkUnderTest(t)
 	ctx := context.Background()
-	batch := []*event.Event{threat("a"), threat("b"), threat("c"), threat("d")}
+	batch := docsOf(t, threat("a"), threat("b"), threat("c"), threat("d"))
 	es.RejectNext(1, 400, "mapper_parsing_exception")
 	es.RejectNext(1, 429, "es_rejected_execution_exception")
 	es.RejectNext(1, 503, "unavailable_shards_exception")
@@ -274,8 +259,8 @@ func TestESSinkPerItemOutcomes(t *testing.T) {
 	// The retried ones succeed; the one already stored answers 409 and succeeds too.
 	require.Equal(t, []error{nil, nil, nil}, s.Write(ctx, batch[1:]))
 	require.Len(t, es.Docs("logs-whalewatch.threat-default"), 3)
-	require.Equal(t, "whalewatch", es.DataStreams()["logs-whalewatch.threat-default"].Template,
-		"the whalewatch template must outrank the built-in logs template")
+	require.Equal(t, "whalewatch-threat", es.DataStreams()["logs-whalewatch.threat-default"].Template,
+		"the whalewatch templates must outrank the built-in logs template")
 
 	require.Equal(t, 3.0, testutil.ToFloat64(s.docs.WithLabelValues(event.DatasetThreat, outcomeCreated)))
 	require.Equal(t, 1.0, testutil.ToFloat64(s.docs.WithLabelValues(event.DatasetThreat, outcomeDuplicate)))
@@ -298,7 +283,7 @@ func TestESSinkWholeRequestFailures(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			s, es := newESSinkUnderTest(t)
-			batch := []*event.Event{threat("a"), telemetry(event.TelemetryProcess)}
+			batch := docsOf(t, threat("a"), telemetry(event.TelemetryProcess))
 			tt.break_(es, true)
 			errs := s.Write(context.Background(), batch)
 			require.Len(t, errs, 2)
@@ -322,7 +307,7 @@ func TestESSinkTimeout(t *testing.T) {
 	es.SetDown(true)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	errs := s.Write(ctx, []*event.Event{threat("a")})
+	errs := s.Write(ctx, docsOf(t, threat("a")))
 	require.Error(t, errs[0])
 	require.False(t, bus.IsPermanent(errs[0]))
 	require.True(t, errors.Is(errs[0], context.Canceled), "%v", errs[0])
@@ -339,7 +324,7 @@ func TestESSinkSplitsLargeBatches(t *testing.T) {
 		e.Message = strings.Repeat("x", 8<<10)
 		batch[i] = e
 	}
-	for _, err := range s.Write(context.Background(), batch) {
+	for _, err := range s.Write(context.Background(), docsOf(t, batch...)) {
 		require.NoError(t, err)
 	}
 	docs := es.Docs("logs-whalewatch.log-default")
@@ -374,9 +359,9 @@ func TestESSinkTLSAndCredentials(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			require.NoError(t, Ping(client)(ctx))
-			require.NoError(t, InstallTemplates(ctx, client))
+			require.NoError(t, InstallTemplates(ctx, client, cfg.Retention))
 			s := NewESSink(client, cfg.Elasticsearch, testLogger(t), prometheus.NewRegistry())
-			require.Equal(t, []error{nil}, s.Write(ctx, []*event.Event{threat("a")}))
+			require.Equal(t, []error{nil}, s.Write(ctx, docsOf(t, threat("a"))))
 			require.Len(t, es.AllDocs(), 1)
 		})
 	}
@@ -389,9 +374,12 @@ func TestESSinkTLSAndCredentials(t *testing.T) {
 		client, err := NewClient(cfg.Elasticsearch)
 		require.NoError(t, err)
 		s := NewESSink(client, cfg.Elasticsearch, testLogger(t), prometheus.NewRegistry())
-		errs := s.Write(context.Background(), []*event.Event{threat("a")})
+		errs := s.Write(context.Background(), docsOf(t, threat("a")))
 		require.ErrorContains(t, errs[0], "401")
 		require.False(t, bus.IsPermanent(errs[0]), "fixing the credentials must let the events through")
+		var ops *OpsError
+		require.ErrorAs(t, errs[0], &ops, "an operations error: readiness reports it")
+		require.Equal(t, "unauthorized", ops.Reason)
 	})
 
 	t.Run("bad CA file", func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
@@ -160,19 +161,46 @@ func TestComponentTemplateTypes(t *testing.T) {
 	require.Equal(t, "match_only_text", text["type"], "process.command_line.text")
 }
 
-func TestIndexTemplate(t *testing.T) {
+func TestIndexTemplates(t *testing.T) {
 	t.Parallel()
-	var tmpl struct {
-		IndexPatterns []string        `json:"index_patterns"`
-		DataStream    json.RawMessage `json:"data_stream"`
-		Priority      int             `json:"priority"`
-		ComposedOf    []string        `json:"composed_of"`
+	r := RetentionConfig{Threats: 365 * 24 * time.Hour, Response: 365 * 24 * time.Hour, Telemetry: 14 * 24 * time.Hour}
+	seen := map[int][]string{}
+	for _, k := range kinds {
+		var tmpl struct {
+			IndexPatterns []string        `json:"index_patterns"`
+			DataStream    json.RawMessage `json:"data_stream"`
+			Priority      int             `json:"priority"`
+			ComposedOf    []string        `json:"composed_of"`
+			Template      struct {
+				Settings map[string]string `json:"settings"`
+			} `json:"template"`
+		}
+		require.NoError(t, json.Unmarshal(indexTemplateJSON(k), &tmpl))
+		require.JSONEq(t, `{}`, string(tmpl.DataStream))
+		require.Greater(t, tmpl.Priority, 100, "must outrank the built-in logs-*-* template")
+		require.Equal(t, []string{ComponentTemplate, CustomComponentTemplate}, tmpl.ComposedOf)
+		require.Equal(t, k.policy, tmpl.Template.Settings["index.lifecycle.name"], "own lifecycle instead of logs'")
+		seen[tmpl.Priority] = append(seen[tmpl.Priority], tmpl.IndexPatterns...)
+		require.NotEmpty(t, policyJSON(k.keep(r)))
 	}
-	require.NoError(t, json.Unmarshal(IndexTemplateJSON, &tmpl))
-	require.Equal(t, []string{"logs-whalewatch.*-*"}, tmpl.IndexPatterns)
-	require.JSONEq(t, `{}`, string(tmpl.DataStream))
-	require.Greater(t, tmpl.Priority, 100, "must outrank the built-in logs-*-* template")
-	require.Equal(t, []string{ComponentTemplate}, tmpl.ComposedOf)
+	require.Equal(t, []string{"logs-whalewatch.*-*"}, seen[200])
+	require.ElementsMatch(t, []string{"logs-whalewatch.threat-*", "logs-whalewatch.response-*"}, seen[210])
+}
+
+func TestPolicyJSON(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		keep time.Duration
+		want string
+	}{
+		{14 * 24 * time.Hour, `{"policy":{"_meta":{"managed_by":"whalewatch-indexer"},"phases":{"hot":{"actions":{"rollover":{"max_age":"1d","max_primary_shard_size":"50gb"}}},"delete":{"min_age":"14d","actions":{"delete":{}}}}}}`},
+		{365 * 24 * time.Hour, `{"policy":{"_meta":{"managed_by":"whalewatch-indexer"},"phases":{"hot":{"actions":{"rollover":{"max_age":"7d","max_primary_shard_size":"50gb"}}},"delete":{"min_age":"365d","actions":{"delete":{}}}}}}`},
+		{36 * time.Hour, `{"policy":{"_meta":{"managed_by":"whalewatch-indexer"},"phases":{"hot":{"actions":{"rollover":{"max_age":"1d","max_primary_shard_size":"50gb"}}},"delete":{"min_age":"36h","actions":{"delete":{}}}}}}`},
+		{0, `{"policy":{"_meta":{"managed_by":"whalewatch-indexer"},"phases":{"hot":{"actions":{"rollover":{"max_age":"7d","max_primary_shard_size":"50gb"}}}}}}`},
+	}
+	for _, tt := range tests {
+		require.JSONEq(t, tt.want, string(policyJSON(tt.keep)), tt.keep.String())
+	}
 }
 
 // Templates install on a node that validates them, and installing is idempotent.
@@ -183,15 +211,41 @@ func TestInstallTemplates(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(t, InstallTemplates(ctx, client))
-	require.NoError(t, InstallTemplates(ctx, client))
+	r := RetentionConfig{Threats: 24 * time.Hour, Response: 48 * time.Hour, Telemetry: 72 * time.Hour}
+	require.NoError(t, InstallTemplates(ctx, client, r))
+	require.NoError(t, InstallTemplates(ctx, client, r))
 	got := es.Templates()
 	require.JSONEq(t, string(ComponentTemplateJSON), string(got.Component[ComponentTemplate].Body))
-	require.JSONEq(t, string(IndexTemplateJSON), string(got.Index[IndexTemplate].Body))
-	require.Less(t, got.Component[ComponentTemplate].Seq, got.Index[IndexTemplate].Seq, "component template first")
+	for _, k := range kinds {
+		require.JSONEq(t, string(indexTemplateJSON(k)), string(got.Index[k.template].Body))
+		require.Less(t, got.Component[ComponentTemplate].Seq, got.Index[k.template].Seq, "component template first")
+		p, ok := es.Policies()[k.policy]
+		require.True(t, ok, "policy %s", k.policy)
+		require.JSONEq(t, string(policyJSON(k.keep(r))), string(p.Body))
+		require.Less(t, p.Seq, got.Index[k.template].Seq, "policy before the template naming it")
+	}
+
+	// Each kind of data stream gets its own template and lifecycle.
+	es.Reset()
+	s := NewESSink(client, ESConfig{Namespace: "default", Timeout: 5 * time.Second, MaxBulkBytes: 1 << 20}, testLogger(t), prometheus.NewRegistry())
+	resp := telemetry(event.TelemetryProcess)
+	resp.Whalewatch.Telemetry, resp.Event.Dataset = "", event.DatasetResponse
+	require.Equal(t, []error{nil, nil, nil}, s.Write(ctx, docsOf(t, threat("r"), telemetry(event.TelemetryLog), resp)))
+	for ds, want := range map[string]string{
+		"logs-whalewatch.threat-default":   "whalewatch-threats",
+		"logs-whalewatch.log-default":      "whalewatch-telemetry",
+		"logs-whalewatch.response-default": "whalewatch-response",
+	} {
+		require.Equal(t, want, es.DataStreams()[ds].Lifecycle, ds)
+	}
+
+	// A later run with another retention overwrites the policy.
+	r.Telemetry = 5 * 24 * time.Hour
+	require.NoError(t, InstallTemplates(ctx, client, r))
+	require.Contains(t, string(es.Policies()["whalewatch-telemetry"].Body), `"min_age":"5d"`)
 
 	es.SetDown(true)
-	require.Error(t, InstallTemplates(ctx, client))
+	require.Error(t, InstallTemplates(ctx, client, r))
 }
 
 func TestInstallTemplatesRetry(t *testing.T) {
@@ -205,7 +259,7 @@ func TestInstallTemplatesRetry(t *testing.T) {
 	failures := make(chan error, 100)
 	done := make(chan error, 1)
 	go func() {
-		done <- InstallTemplatesRetry(ctx, client, func(err error) { failures <- err })
+		done <- InstallTemplatesRetry(ctx, client, RetentionConfig{}, func(err error) { failures <- err })
 	}()
 	require.ErrorContains(t, <-failures, "503")
 	es.SetUnavailable(false)
@@ -214,5 +268,5 @@ func TestInstallTemplatesRetry(t *testing.T) {
 
 	cancelled, cancelNow := context.WithCancel(context.Background())
 	cancelNow()
-	require.ErrorIs(t, InstallTemplatesRetry(cancelled, client, func(error) {}), context.Canceled)
+	require.ErrorIs(t, InstallTemplatesRetry(cancelled, client, RetentionConfig{}, func(error) {}), context.Canceled)
 }

@@ -22,6 +22,7 @@ type Runtime struct {
 	JS    jetstream.JetStream
 	Admin *admin.Server
 	log   *slog.Logger
+	url   string // redacted, for logs
 }
 
 // Connect connects to NATS as "whalewatch-<name>" (retrying in the background
@@ -38,11 +39,26 @@ func Connect(name string, natsCfg bus.Config, adminCfg admin.Config, log *slog.L
 	}
 	srv := admin.New(adminCfg, reg, log)
 	srv.AddCheck("nats", bus.Ready(nc))
-	return &Runtime{Conn: nc, JS: js, Admin: srv, log: log}, nil
+	return &Runtime{Conn: nc, JS: js, Admin: srv, log: log, url: bus.RedactURLs(natsCfg.URL)}, nil
 }
 
 // Close closes the NATS connection.
 func (rt *Runtime) Close() { rt.Conn.Close() }
+
+// streamsRetry logs why the streams could not be ensured. While NATS is not
+// connected the JetStream call can only time out, so the log names the URL and
+// why the connection is down instead of "context deadline exceeded".
+func (rt *Runtime) streamsRetry(err error) {
+	if st := rt.Conn.Status(); st != nats.CONNECTED {
+		cause := rt.Conn.LastError()
+		if cause == nil {
+			cause = fmt.Errorf("not connected (%s)", st)
+		}
+		rt.log.Warn("waiting for NATS", "err", bus.ConnError(rt.url, cause))
+		return
+	}
+	rt.log.Warn("ensuring streams, will retry", "err", err)
+}
 
 // Serve runs the admin endpoint and, once the streams exist (retrying until
 // NATS answers), work, which may start more goroutines on g. It returns when
@@ -51,9 +67,7 @@ func (rt *Runtime) Serve(ctx context.Context, streams bus.StreamsConfig, work fu
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rt.Admin.Run(gctx) })
 	g.Go(func() error {
-		if err := bus.EnsureStreamsRetry(gctx, rt.JS, streams, func(err error) {
-			rt.log.Warn("ensuring streams, will retry", "err", err)
-		}); err != nil {
+		if err := bus.EnsureStreamsRetry(gctx, rt.JS, streams, rt.streamsRetry); err != nil {
 			return nil // shutting down
 		}
 		return work(gctx, g)

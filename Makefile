@@ -6,6 +6,12 @@ GO ?= go
 # Every package of every module in go.work (patterns do not cross module roots).
 PACKAGES := ./pkg/... $(foreach s,$(SERVICES),./services/$(s)/...) ./testkit/...
 export CGO_ENABLED := 0
+# The build's version, revision and commit time for `<service> version` and
+# whalewatch_build_info (go build stamps no VCS information in workspace mode).
+LINKPKG := github.com/whalewatch/whalewatch/pkg/service
+VERSION_LDFLAGS := -X $(LINKPKG).linkVersion=$(shell git describe --tags --always --dirty 2>/dev/null) \
+	-X $(LINKPKG).linkRevision=$(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -modified) \
+	-X $(LINKPKG).linkTime=$(shell git log -1 --format=%cI 2>/dev/null)
 
 .PHONY: run test build images lint fmt bench compose-check packages clean
 
@@ -19,7 +25,7 @@ test:
 # pinned in testkit/go.mod), static so they also go into FROM-scratch images.
 build:
 	@mkdir -p $(BIN)
-	@for s in $(SERVICES); do $(GO) build -trimpath -o $(BIN)/$$s ./services/$$s || exit 1; done
+	@for s in $(SERVICES); do $(GO) build -trimpath -ldflags "$(VERSION_LDFLAGS)" -o $(BIN)/$$s ./services/$$s || exit 1; done
 	@cd testkit && $(GO) build -trimpath -o ../$(BIN)/nats-server github.com/nats-io/nats-server/v2
 
 # Container images of the services, FROM scratch with the binaries built above.

@@ -21,14 +21,26 @@ type BuildInfo struct {
 	GoVersion string
 }
 
+// Set at link time (make build: -ldflags -X) because `go build` stamps no VCS
+// information in workspace mode; what the binary's own build information
+// holds wins.
+var (
+	linkVersion  string
+	linkRevision string
+	linkTime     string
+)
+
 // ReadBuildInfo reads the running binary's build information.
 func ReadBuildInfo() BuildInfo {
-	bi := BuildInfo{Version: "(unknown)", GoVersion: runtime.Version()}
+	bi := BuildInfo{Version: "(unknown)", Revision: linkRevision, Time: linkTime, GoVersion: runtime.Version()}
+	if linkVersion != "" {
+		bi.Version = linkVersion
+	}
 	info, ok := debug.ReadBuildInfo()
 	if !ok {
 		return bi
 	}
-	if info.Main.Version != "" {
+	if info.Main.Version != "" && (linkVersion == "" || info.Main.Version != "(devel)") {
 		bi.Version = info.Main.Version
 	}
 	if info.GoVersion != "" {

@@ -42,8 +42,13 @@ fmt:
 packages:
 	@echo $(PACKAGES)
 
+# Every compose file and combination, with placeholder values for what .env must set.
+COMPOSE_CHECK_ENV := ELASTIC_PASSWORD=check KIBANA_PASSWORD=check COLLECTOR_IDENTITY=collector-check HOST_NAME=check NATS_URL=nats://check:4222
 compose-check:
-	@ELASTIC_PASSWORD=check KIBANA_PASSWORD=check docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml is valid"
+	@set -e; for f in docker-compose.yml "docker-compose.yml -f docker-compose.respond.yml" \
+	  docker-compose.collector.yml "docker-compose.collector.yml -f docker-compose.respond.yml" \
+	  "docker-compose.yml -f deploy/smoke/docker-compose.smoke.yml"; do \
+	  $(COMPOSE_CHECK_ENV) docker-compose -f $$f config -q; echo "valid: -f $$f"; done
 
 bench:
 	@scripts/bench.sh

@@ -53,5 +53,16 @@ compose-check:
 bench:
 	@scripts/bench.sh
 
+.PHONY: up test-compose
+
+# The production deployment on this host: fill in .env (the first run writes it), then make up.
+up:
+	@scripts/up.sh
+
+# The compose stack as containers on this engine, with stand-ins for
+# Elasticsearch, Kibana and Slack (testkit/composetest, a few minutes).
+test-compose: images
+	@cd testkit && WHALEWATCH_BIN=$(CURDIR)/$(BIN) WHALEWATCH_COMPOSE_SMOKE=1 $(GO) test -count=1 -timeout 15m -run TestComposeSmoke -v ./composetest/
+
 clean:
 	rm -rf $(BIN) .run

@@ -81,7 +81,7 @@ func TestIdentities(t *testing.T) {
 		require.Equal(t, want, env["NATS_INBOX_PREFIX"], name)
 	}
 	for _, v := range f.Services["nats"].Volumes {
-		require.NotRegexp(t, `secrets(/|:|$)[^u]`, v, "nats-server gets the services' seeds")
+		require.NotRegexp(t, `secrets\}?(/[^u]|:|$)`, v, "nats-server gets the services' seeds")
 	}
 }
 

@@ -43,7 +43,7 @@ packages:
 	@echo $(PACKAGES)
 
 # Every compose file and combination, with placeholder values for what .env must set.
-COMPOSE_CHECK_ENV := ELASTIC_PASSWORD=check KIBANA_PASSWORD=check COLLECTOR_IDENTITY=collector-check HOST_NAME=check NATS_URL=nats://check:4222
+COMPOSE_CHECK_ENV := SMOKE_TAG=check SLACK_PORT=1 ELASTIC_PASSWORD=check KIBANA_PASSWORD=check COLLECTOR_IDENTITY=collector-check HOST_NAME=check NATS_URL=nats://check:4222
 compose-check:
 	@set -e; for f in docker-compose.yml "docker-compose.yml -f docker-compose.respond.yml" \
 	  docker-compose.collector.yml "docker-compose.collector.yml -f docker-compose.respond.yml" \

@@ -135,6 +135,9 @@ type connFailures struct {
 }
 
 func (f *connFailures) report(err error) {
+	if errors.Is(err, nats.ErrNoServers) {
+		return // says nothing; the next attempt reports its own cause
+	}
 	msg := ConnError(f.url, err).Error()
 	f.mu.Lock()
 	now := time.Now()

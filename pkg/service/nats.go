@@ -50,11 +50,13 @@ func (rt *Runtime) Close() { rt.Conn.Close() }
 // why the connection is down instead of "context deadline exceeded".
 func (rt *Runtime) streamsRetry(err error) {
 	if st := rt.Conn.Status(); st != nats.CONNECTED {
-		cause := rt.Conn.LastError()
-		if cause == nil {
-			cause = fmt.Errorf("not connected (%s)", st)
+		// A refused or failed dial is logged by bus.Connect with its cause;
+		// what the server said (e.g. an authorization violation) is here.
+		if cause := rt.Conn.LastError(); cause != nil {
+			rt.log.Warn("waiting for NATS", "err", bus.ConnError(rt.url, cause))
+		} else {
+			rt.log.Debug("waiting for NATS", "url", rt.url, "status", st.String())
 		}
-		rt.log.Warn("waiting for NATS", "err", bus.ConnError(rt.url, cause))
 		return
 	}
 	rt.log.Warn("ensuring streams, will retry", "err", err)

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -69,7 +70,23 @@ func (rt *Runtime) Serve(ctx context.Context, streams bus.StreamsConfig, work fu
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rt.Admin.Run(gctx) })
 	g.Go(func() error {
-		if err := bus.EnsureStreamsRetry(gctx, rt.JS, streams, rt.streamsRetry); err != nil {
+		// A connection the client closed (it gives up after the server
+		// refused the identity) never comes back: fail, so that the
+		// orchestrator restarts the service and shows why.
+		ectx, cancel := context.WithCancel(gctx)
+		defer cancel()
+		var closed error
+		if err := bus.EnsureStreamsRetry(ectx, rt.JS, streams, func(err error) {
+			if rt.Conn.IsClosed() {
+				closed = bus.ConnError(rt.url, cmp.Or(rt.Conn.LastError(), nats.ErrConnectionClosed))
+				cancel()
+				return
+			}
+			rt.streamsRetry(err)
+		}); err != nil {
+			if closed != nil {
+				return closed
+			}
 			return nil // shutting down
 		}
 		return work(gctx, g)

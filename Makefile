@@ -60,8 +60,9 @@ up:
 	@scripts/up.sh
 
 # The compose stack as containers on this engine, with stand-ins for
-# Elasticsearch, Kibana and Slack (testkit/composetest, a few minutes).
-test-compose: images
+# Elasticsearch, Kibana and Slack (testkit/composetest; it builds its own
+# images from bin/ with deploy/Dockerfile and removes them; 1-2 minutes).
+test-compose: build
 	@cd testkit && WHALEWATCH_BIN=$(CURDIR)/$(BIN) WHALEWATCH_COMPOSE_SMOKE=1 $(GO) test -count=1 -timeout 15m -run TestComposeSmoke -v ./composetest/
 
 clean:

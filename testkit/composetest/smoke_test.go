@@ -1,12 +1,15 @@
 package composetest
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -104,6 +107,22 @@ func TestComposeSmoke(t *testing.T) {
 	natstest.Eventually(t, 2*time.Minute, func() bool {
 		return strings.Contains(stubGet(t, "http://127.0.0.1:"+slackPort+"/_stub/messages"), name)
 	}, "no Slack message about %s", name)
+
+	// What whalewatch raises about its own containers (issue 9 item 6: the
+	// detector's exemptions for label whalewatch.component), for the log.
+	var docs []struct{ Source json.RawMessage }
+	require.NoError(t, json.Unmarshal([]byte(stubGet(t, "http://127.0.0.1:"+esPort+"/_stub/docs")), &docs))
+	self := map[string]bool{}
+	for _, d := range docs {
+		var doc struct {
+			Rule      struct{ ID string }   `json:"rule"`
+			Container struct{ Name string } `json:"container"`
+		}
+		if json.Unmarshal(d.Source, &doc) == nil && doc.Rule.ID != "" && strings.HasPrefix(doc.Container.Name, project+"_") {
+			self[strings.TrimPrefix(doc.Container.Name, project+"_")+": "+doc.Rule.ID] = true
+		}
+	}
+	t.Logf("threats about whalewatch's own containers: %v", slices.Sorted(maps.Keys(self)))
 }
 
 func stubGet(t *testing.T, url string) string {

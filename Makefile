@@ -6,6 +6,12 @@ GO ?= go
 # Every package of every module in go.work (patterns do not cross module roots).
 PACKAGES := ./pkg/... $(foreach s,$(SERVICES),./services/$(s)/...) ./testkit/...
 export CGO_ENABLED := 0
+# The build's version, revision and commit time for `<service> version` and
+# whalewatch_build_info (go build stamps no VCS information in workspace mode).
+LINKPKG := github.com/whalewatch/whalewatch/pkg/service
+VERSION_LDFLAGS := -X $(LINKPKG).linkVersion=$(shell git describe --tags --always --dirty 2>/dev/null) \
+	-X $(LINKPKG).linkRevision=$(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -modified) \
+	-X $(LINKPKG).linkTime=$(shell git log -1 --format=%cI 2>/dev/null)
 
 .PHONY: run test build images lint fmt bench scorecard compose-check packages clean
 
@@ -19,7 +25,7 @@ test:
 # pinned in testkit/go.mod), static so they also go into FROM-scratch images.
 build:
 	@mkdir -p $(BIN)
-	@for s in $(SERVICES); do $(GO) build -trimpath -o $(BIN)/$$s ./services/$$s || exit 1; done
+	@for s in $(SERVICES); do $(GO) build -trimpath -ldflags "$(VERSION_LDFLAGS)" -o $(BIN)/$$s ./services/$$s || exit 1; done
 	@cd testkit && $(GO) build -trimpath -o ../$(BIN)/nats-server github.com/nats-io/nats-server/v2
 
 # Container images of the services, FROM scratch with the binaries built above.
@@ -36,8 +42,13 @@ fmt:
 packages:
 	@echo $(PACKAGES)
 
+# Every compose file and combination, with placeholder values for what .env must set.
+COMPOSE_CHECK_ENV := SMOKE_TAG=check SLACK_PORT=1 ELASTIC_PASSWORD=check KIBANA_PASSWORD=check COLLECTOR_IDENTITY=collector-check HOST_NAME=check NATS_URL=nats://check:4222
 compose-check:
-	@ELASTIC_PASSWORD=check KIBANA_PASSWORD=check docker-compose -f docker-compose.yml config -q && echo "docker-compose.yml is valid"
+	@set -e; for f in docker-compose.yml "docker-compose.yml -f docker-compose.respond.yml" \
+	  docker-compose.collector.yml "docker-compose.collector.yml -f docker-compose.respond.yml" \
+	  "docker-compose.yml -f deploy/smoke/docker-compose.smoke.yml"; do \
+	  $(COMPOSE_CHECK_ENV) docker-compose -f $$f config -q; echo "valid: -f $$f"; done
 
 bench:
 	@scripts/bench.sh
@@ -47,6 +58,18 @@ bench:
 scorecard: build
 	@cd testkit && WHALEWATCH_SCORECARD=1 WHALEWATCH_BIN=$(CURDIR)/$(BIN) WHALEWATCH_REQUIRE_DOCKER=1 \
 		$(GO) test ./e2e/ -run '^TestScorecard$$' -count=1 -timeout 15m -v
+
+.PHONY: up test-compose
+
+# The production deployment on this host: fill in .env (the first run writes it), then make up.
+up:
+	@scripts/up.sh
+
+# The compose stack as containers on this engine, with stand-ins for
+# Elasticsearch, Kibana and Slack (testkit/composetest; it builds its own
+# images from bin/ with deploy/Dockerfile and removes them; 1-2 minutes).
+test-compose: build
+	@cd testkit && WHALEWATCH_BIN=$(CURDIR)/$(BIN) WHALEWATCH_COMPOSE_SMOKE=1 $(GO) test -count=1 -timeout 15m -run TestComposeSmoke -v ./composetest/
 
 clean:
 	rm -rf $(BIN) .run

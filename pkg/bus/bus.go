@@ -17,7 +17,10 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -77,6 +80,7 @@ func (c *Config) Validate() error {
 // buffering publishes meanwhile (nats.go's reconnect buffer). Connection state
 // changes are logged.
 func Connect(cfg Config, name string, log *slog.Logger) (*nats.Conn, error) {
+	unreachable := &connFailures{url: RedactURLs(cfg.URL), log: log, every: time.Minute}
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.RetryOnFailedConnect(true),
@@ -87,6 +91,9 @@ func Connect(cfg Config, name string, log *slog.Logger) (*nats.Conn, error) {
 			if err != nil {
 				log.Warn("NATS disconnected", "err", err)
 			}
+		}),
+		nats.ReconnectErrHandler(func(_ *nats.Conn, err error) {
+			unreachable.report(err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			log.Info("NATS reconnected", "url", nc.ConnectedUrlRedacted())
@@ -109,9 +116,68 @@ func Connect(cfg Config, name string, log *slog.Logger) (*nats.Conn, error) {
 	opts = append(opts, auth...)
 	nc, err := nats.Connect(cfg.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connecting to NATS at %s: %w", cfg.URL, err)
+		return nil, fmt.Errorf("connecting to NATS at %s: %w", RedactURLs(cfg.URL), err)
 	}
 	return nc, nil
+}
+
+// connFailures logs why NATS cannot be reached, naming the URL and the cause
+// ("NATS at nats://nats:4222: connect: connection refused"), once per cause
+// and then at most every interval: the client retries every half second.
+type connFailures struct {
+	url   string
+	log   *slog.Logger
+	every time.Duration
+
+	mu   sync.Mutex
+	last string
+	at   time.Time
+}
+
+func (f *connFailures) report(err error) {
+	if errors.Is(err, nats.ErrNoServers) {
+		return // says nothing; the next attempt reports its own cause
+	}
+	msg := ConnError(f.url, err).Error()
+	f.mu.Lock()
+	now := time.Now()
+	if msg == f.last && now.Sub(f.at) < f.every {
+		f.mu.Unlock()
+		return
+	}
+	f.last, f.at = msg, now
+	f.mu.Unlock()
+	f.log.Warn("NATS unreachable, retrying", "err", msg)
+}
+
+// ConnError names the NATS URL and the cause of a failed connection: the
+// innermost network error ("connect: connection refused", "lookup nats: no
+// such host") rather than the dial's whole chain.
+func ConnError(url string, err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		err = op.Err
+	}
+	return fmt.Errorf("NATS at %s: %w", url, err)
+}
+
+// RedactURLs is a comma-separated list of NATS URLs with any password
+// replaced, fit for logs.
+func RedactURLs(urls string) string {
+	parts := strings.Split(urls, ",")
+	for i, p := range parts {
+		p = strings.TrimSpace(p)
+		if u, err := url.Parse(p); err == nil && u.User != nil {
+			if _, has := u.User.Password(); has {
+				p = u.Redacted()
+			} else {
+				u.User = url.User("xxxxx")
+				p = u.String()
+			}
+		}
+		parts[i] = p
+	}
+	return strings.Join(parts, ",")
 }
 
 // authOptions are the identity, inbox and TLS options of cfg.

@@ -5,7 +5,9 @@ import (
 	"flag"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -107,5 +109,65 @@ func TestConnectNamesAnUnreadableSeed(t *testing.T) {
 	_, err := Connect(c, "test", slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err == nil || !strings.Contains(err.Error(), "missing.nk") {
 		t.Fatalf("error %v, want one naming the seed file", err)
+	}
+}
+
+// syncBuffer is a log sink the client's callback goroutine and the test share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestConnectNamesURLAndCause(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there now: connection refused
+	var logs syncBuffer
+	cfg := Config{URL: "nats://user:hunter2@" + addr}
+	nc, err := Connect(cfg, "test", slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	want := "NATS at nats://user:xxxxx@" + addr + ": connect: connection refused"
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in logs:\n%s", want, logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if strings.Contains(logs.String(), "hunter2") {
+		t.Fatalf("password in logs:\n%s", logs.String())
+	}
+}
+
+func TestRedactURLs(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ in, want string }{
+		{"nats://nats:4222", "nats://nats:4222"},
+		{"nats://u:p@a:4222, nats://b:4222", "nats://u:xxxxx@a:4222,nats://b:4222"},
+		{"nats://s3cr3t-token@a:4222", "nats://xxxxx@a:4222"},
+	}
+	for _, tt := range tests {
+		if got := RedactURLs(tt.in); got != tt.want {
+			t.Errorf("RedactURLs(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -22,6 +23,7 @@ type Runtime struct {
 	JS    jetstream.JetStream
 	Admin *admin.Server
 	log   *slog.Logger
+	url   string // redacted, for logs
 }
 
 // Connect connects to NATS as "whalewatch-<name>" (retrying in the background
@@ -38,11 +40,28 @@ func Connect(name string, natsCfg bus.Config, adminCfg admin.Config, log *slog.L
 	}
 	srv := admin.New(adminCfg, reg, log)
 	srv.AddCheck("nats", bus.Ready(nc))
-	return &Runtime{Conn: nc, JS: js, Admin: srv, log: log}, nil
+	return &Runtime{Conn: nc, JS: js, Admin: srv, log: log, url: bus.RedactURLs(natsCfg.URL)}, nil
 }
 
 // Close closes the NATS connection.
 func (rt *Runtime) Close() { rt.Conn.Close() }
+
+// streamsRetry logs why the streams could not be ensured. While NATS is not
+// connected the JetStream call can only time out, so the log names the URL and
+// why the connection is down instead of "context deadline exceeded".
+func (rt *Runtime) streamsRetry(err error) {
+	if st := rt.Conn.Status(); st != nats.CONNECTED {
+		// A refused or failed dial is logged by bus.Connect with its cause;
+		// what the server said (e.g. an authorization violation) is here.
+		if cause := rt.Conn.LastError(); cause != nil {
+			rt.log.Warn("waiting for NATS", "err", bus.ConnError(rt.url, cause))
+		} else {
+			rt.log.Debug("waiting for NATS", "url", rt.url, "status", st.String())
+		}
+		return
+	}
+	rt.log.Warn("ensuring streams, will retry", "err", err)
+}
 
 // Serve runs the admin endpoint and, once the streams exist (retrying until
 // NATS answers), work, which may start more goroutines on g. It returns when
@@ -51,9 +70,23 @@ func (rt *Runtime) Serve(ctx context.Context, streams bus.StreamsConfig, work fu
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return rt.Admin.Run(gctx) })
 	g.Go(func() error {
-		if err := bus.EnsureStreamsRetry(gctx, rt.JS, streams, func(err error) {
-			rt.log.Warn("ensuring streams, will retry", "err", err)
+		// A connection the client closed (it gives up after the server
+		// refused the identity) never comes back: fail, so that the
+		// orchestrator restarts the service and shows why.
+		ectx, cancel := context.WithCancel(gctx)
+		defer cancel()
+		var closed error
+		if err := bus.EnsureStreamsRetry(ectx, rt.JS, streams, func(err error) {
+			if rt.Conn.IsClosed() {
+				closed = bus.ConnError(rt.url, cmp.Or(rt.Conn.LastError(), nats.ErrConnectionClosed))
+				cancel()
+				return
+			}
+			rt.streamsRetry(err)
 		}); err != nil {
+			if closed != nil {
+				return closed
+			}
 			return nil // shutting down
 		}
 		return work(gctx, g)

@@ -6,7 +6,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -17,19 +16,19 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "baseline" {
-		if err := baselinecmd.Main(context.Background(), os.Args[2:], os.Stdout, os.Stderr); err != nil {
-			fmt.Fprintln(os.Stderr, "detector baseline:", err)
-			os.Exit(1)
-		}
-		return
-	}
-	if len(os.Args) > 1 && os.Args[1] == "rules" {
-		// detector rules lint|test ...: check rules offline (see README).
-		os.Exit(rules.Main(os.Args[2:], os.Stdout, os.Stderr))
-	}
 	var cfg detector.Config
 	service.Main("detector", &cfg, &cfg.Log, func(ctx context.Context, log *slog.Logger, reg *prometheus.Registry) error {
 		return detector.Run(ctx, cfg, log, reg)
-	})
+	},
+		service.Command{Name: "rules", Usage: "lint, test or document rules offline (detector rules -h)", Run: func(_ context.Context, args []string, env service.Env) int {
+			return rules.Main(args, env.Stdout, env.Stderr)
+		}},
+		service.Command{Name: "baseline", Usage: "show, export, import or reset learned baselines (detector baseline -h)", Run: func(ctx context.Context, args []string, env service.Env) int {
+			if err := baselinecmd.Main(ctx, args, env.Stdout, env.Stderr); err != nil {
+				fmt.Fprintln(env.Stderr, "detector baseline:", err)
+				return 1
+			}
+			return 0
+		}},
+	)
 }

@@ -5,7 +5,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/whalewatch/whalewatch/pkg/flagenv"
@@ -59,6 +62,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 				state = "disabled"
 			}
 			fmt.Fprintf(stdout, "%-32s %-8s %-9s %-10s %s\n", r.ID, r.Severity, r.TechniqueID, state, r.Source)
+			// Every exception is shown: what a rule does not see is part of
+			// what it does (issue 9: whalewatch's own containers).
+			for i := range r.Exceptions {
+				fmt.Fprintf(stdout, "  except %s\n", describeException(&r.Exceptions[i]))
+			}
 		}
 		fmt.Fprintf(stdout, "%d rules, %d enabled: OK\n", len(set.Rules()), set.Enabled())
 		return 0
@@ -108,6 +116,31 @@ func Main(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stderr, "detector rules: unknown command %q\n", cmd)
 	fs.Usage()
 	return 2
+}
+
+// describeException is one line: each field given, then the comment.
+func describeException(x *Exception) string {
+	var parts []string
+	add := func(name string, vs []string) {
+		if len(vs) > 0 {
+			parts = append(parts, name+"="+strconv.Quote(strings.Join(vs, "|")))
+		}
+	}
+	keys := slices.Sorted(maps.Keys(x.Labels))
+	for _, k := range keys {
+		parts = append(parts, "label "+k+"="+strconv.Quote(x.Labels[k]))
+	}
+	add("image", x.Images)
+	add("container", x.Containers)
+	add("process.path", x.ProcessPaths)
+	add("process.tool", x.ProcessNames)
+	add("command_line", x.CommandLines)
+	add("destination", x.CIDRs)
+	s := strings.Join(parts, " and ")
+	if x.Comment != "" {
+		s += "  # " + sanitize(x.Comment)
+	}
+	return s
 }
 
 func where(s *Sample) string {

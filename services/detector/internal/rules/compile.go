@@ -326,6 +326,11 @@ func mergeRule(file string, rs *ruleSpec, defs *[]*ruleDef, byID map[string]*rul
 				return at("exception pattern %q: %v", p, err)
 			}
 		}
+		for _, cl := range ex.CommandLines {
+			if strings.TrimSpace(cl) == "" {
+				return at("exception command line is empty")
+			}
+		}
 		r.Exceptions = append(r.Exceptions, ex)
 	}
 	var missing []string

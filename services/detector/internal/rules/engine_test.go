@@ -111,6 +111,8 @@ func TestCLI(t *testing.T) {
 	code, out := run("lint")
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "suspicious-tool-netcat")
+	require.Contains(t, out, "\n  except label whalewatch.component=\"collector\" and image=\"whalewatch/collector\"",
+		"lint shows the exemptions of whalewatch's own containers")
 
 	samples, err := filepath.Glob("testdata/samples/*.jsonl")
 	require.NoError(t, err)

@@ -66,7 +66,8 @@ type listSpec struct {
 // Exception suppresses a rule for matching events. Within one exception
 // every field given must match (and); within a field, any element may (or).
 // Any matching exception suppresses the rule. Images, containers and paths
-// are shell patterns (path.Match).
+// are shell patterns (path.Match); command lines are compared exactly, so
+// that an exception for one health check is not one for every use of the tool.
 type Exception struct {
 	Comment      string            `yaml:"comment"`
 	Images       []string          `yaml:"images"`        // container.image.name, or name:tag
@@ -74,6 +75,7 @@ type Exception struct {
 	Labels       map[string]string `yaml:"labels"`        // container.labels (value is a pattern)
 	ProcessPaths []string          `yaml:"process_paths"` // process.path (executable or argv[0])
 	ProcessNames []string          `yaml:"process_names"` // process.tool (name run as)
+	CommandLines []string          `yaml:"command_lines"` // process.command_line, exactly
 	CIDRs        []string          `yaml:"cidrs"`         // destination.ip
 }
 

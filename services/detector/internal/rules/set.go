@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -149,6 +150,9 @@ func exceptionMatches(x *Exception, env *Env) bool {
 		return false
 	}
 	if len(x.ProcessNames) > 0 && !globAnyOf(x.ProcessNames, env.Process.Tool) {
+		return false
+	}
+	if len(x.CommandLines) > 0 && !slices.Contains(x.CommandLines, env.Process.CommandLine) {
 		return false
 	}
 	if len(x.CIDRs) > 0 {

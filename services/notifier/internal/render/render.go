@@ -108,8 +108,12 @@ func Color(s event.Severity) string {
 //
 //	header   ":red_circle: HIGH Netcat executed in a container"
 //	section  fields: Container (name and short id), Image, Host, Rule,
-//	         Technique (linked to MITRE ATT&CK), Tactic, Process, Labels
+//	         Technique (linked to MITRE ATT&CK), Tactic, Process (and the
+//	         executable's short sha256), Incident (id, count, rules), Labels
 //	section  the command line in a code block
+//	section  the process tree (whalewatch.ancestry), when the threat has one
+//	section  recent activity (whalewatch.evidence): log lines, file changes,
+//	         connections, the last few of each
 //	section  the rule's description
 //	context  when it happened, the event id
 func Slack(e *event.Event, o Options) Message {
@@ -127,7 +131,7 @@ func Slack(e *event.Event, o Options) Message {
 	if o.Count > 1 {
 		title = severityEmoji(e.Whalewatch.Severity) + " " + sev + " ×" + strconv.Itoa(o.Count) + " " + name
 	}
-	blocks := make([]slack.Block, 0, 6)
+	blocks := make([]slack.Block, 0, 8)
 	blocks = append(blocks, slack.NewHeaderBlock(
 		slack.NewTextBlockObject(slack.PlainTextType, value(title, MaxHeader), false, false)))
 	blocks = append(blocks, slack.NewSectionBlock(nil, fields(e), nil))
@@ -143,6 +147,12 @@ func Slack(e *event.Event, o Options) Message {
 		if code := escape(cmd, MaxSection-len(open)-len(close), true); strings.TrimSpace(code) != "" {
 			blocks = append(blocks, slack.NewSectionBlock(mrkdwn(open+code+close), nil, nil))
 		}
+	}
+	if tree := processTree(e.Whalewatch.Ancestry); tree != "" {
+		blocks = append(blocks, slack.NewSectionBlock(mrkdwn(tree), nil, nil))
+	}
+	if act := activity(e.Whalewatch.Evidence); act != "" {
+		blocks = append(blocks, slack.NewSectionBlock(mrkdwn(act), nil, nil))
 	}
 	if d := escape(rule.Description, MaxSection, false); strings.TrimSpace(d) != "" {
 		blocks = append(blocks, slack.NewSectionBlock(mrkdwn(d), nil, nil))
@@ -249,6 +259,9 @@ func fields(e *event.Event) []*slack.TextBlockObject {
 	if p := e.Process; p != nil {
 		add("Process", process(p))
 	}
+	if in := e.Whalewatch.Incident; in != nil {
+		add("Incident", incident(in))
+	}
 	if len(c.Labels) > 0 {
 		add("Labels", labels(c.Labels))
 	}
@@ -337,7 +350,13 @@ func process(p *event.Process) string {
 	if len(extra) > 0 {
 		s += " (" + strings.Join(extra, ", ") + ")"
 	}
-	return value(s, maxValue)
+	s = value(s, maxValue)
+	if p.Hash != nil {
+		if h := sha256Short(p.Hash.SHA256); h != "" {
+			s += "\nsha256 `" + h + "…`"
+		}
+	}
+	return s
 }
 
 func labels(m map[string]string) string {

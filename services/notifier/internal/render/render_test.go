@@ -136,6 +136,9 @@ func checkMessage(t testing.TB, m Message) {
 				t.Fatalf("command line block has %d fences: %q", n, tx.text)
 			}
 		}
+		if tx.where == "section" && (strings.HasPrefix(tx.text, "*Process tree*") || strings.HasPrefix(tx.text, "*Recent activity*")) {
+			checkFences(t, tx.text)
+		}
 	}
 	for _, b := range m.Blocks {
 		if s, ok := b.(*slack.SectionBlock); ok && len(s.Fields) > MaxFields {
@@ -183,6 +186,138 @@ func checkMessage(t testing.TB, m Message) {
 	}
 }
 
+// checkFences fails unless every ``` in text is render's own: an opening
+// fence at the start of a line, then its closing fence at the end of one,
+// so no attacker text opened, closed or split a code block.
+func checkFences(t testing.TB, text string) {
+	t.Helper()
+	n := 0
+	for rest, at := text, 0; ; n++ {
+		i := strings.Index(rest, "```")
+		if i < 0 {
+			break
+		}
+		at += i
+		open := n%2 == 0
+		if open && (at == 0 || text[at-1] != '\n') || !open && at+3 < len(text) && text[at+3] != '\n' {
+			t.Fatalf("fence %d at %d is not render's own: %q", n, at, text)
+		}
+		rest, at = text[at+3:], at+3
+	}
+	if n == 0 || n%2 != 0 {
+		t.Fatalf("%d fences: %q", n, text)
+	}
+}
+
+// withEvidence is threat() with the evidence, ancestry, hash and incident the
+// detector adds (issue 11).
+func withEvidence() *event.Event {
+	e := threat()
+	e.Process.Hash = &event.Hash{SHA256: "9F86D081884C7D659A2FEAA0C55AD015A3BF4F1B2B0B822CD15D6C15B0F00A08"}
+	e.Whalewatch.Ancestry = []event.Ancestor{
+		{PID: 4200, Name: "sh", Executable: "/bin/sh", CommandLine: "sh -c nc -l -p 4444"},
+		{PID: 4100, Name: "runc:[2:INIT]"},
+		{PID: 1, Executable: "/usr/bin/containerd-shim-runc-v2"},
+	}
+	e.Whalewatch.Evidence = &event.Evidence{
+		LogLines:    []string{"l1", "l2", "l3", "l4", "l5", "GET /healthz 200", "listening on 0.0.0.0:4444"},
+		FileChanges: []string{"write /tmp/x"},
+		Connections: []string{"listen 0.0.0.0:4444 tcp"},
+		Processes:   []string{"4242 nc -l -p 4444"},
+	}
+	e.Whalewatch.Incident = &event.Incident{
+		ID: "b7e1c0ffee5a5a5a5a5a", Count: 3, First: e.Timestamp,
+		Rules: []string{"suspicious-tool-netcat", "netcat-shell"},
+	}
+	return e
+}
+
+func TestSlackEvidence(t *testing.T) {
+	t.Parallel()
+	m := Slack(withEvidence(), Options{})
+	checkMessage(t, m)
+	require.Len(t, m.Blocks, 7)
+	fields := m.Blocks[1].(*slack.SectionBlock).Fields
+	require.Equal(t, "*Process*\nnc (pid 4242, user root)\nsha256 `9f86d081884c…`", fields[6].Text)
+	require.Equal(t, "*Incident*\nb7e1c0ffee5a · 3 threats\nrules suspicious-tool-netcat, netcat-shell", fields[7].Text)
+	require.Equal(t, "*Process tree* (parent first)\n```4200 sh -c nc -l -p 4444\n4100 runc:[2:INIT]\n1 /usr/bin/containerd-shim-runc-v2```",
+		m.Blocks[3].(*slack.SectionBlock).Text.Text)
+	require.Equal(t, "*Recent activity*\nLog lines (last 5 of 7)\n```l3\nl4\nl5\nGET /healthz 200\nlistening on 0.0.0.0:4444```"+
+		"\nFile changes\n```write /tmp/x```\nConnections\n```listen 0.0.0.0:4444 tcp```",
+		m.Blocks[4].(*slack.SectionBlock).Text.Text)
+
+	t.Run("sparse", func(t *testing.T) {
+		t.Parallel()
+		for name, mutate := range map[string]func(e *event.Event){
+			"not a digest":        func(e *event.Event) { e.Process.Hash.SHA256 = "`<!here>`" + strings.Repeat("0", 55) },
+			"empty evidence":      func(e *event.Event) { e.Whalewatch.Evidence = &event.Evidence{LogLines: []string{"", "\x00\u2028"}} },
+			"empty ancestors":     func(e *event.Event) { e.Whalewatch.Ancestry = []event.Ancestor{{}, {CommandLine: "\u202e"}} },
+			"empty incident":      func(e *event.Event) { e.Whalewatch.Incident = &event.Incident{} },
+			"many ancestors":      func(e *event.Event) { e.Whalewatch.Ancestry = make([]event.Ancestor, event.MaxAncestry) },
+			"many rules":          func(e *event.Event) { e.Whalewatch.Incident.Rules = strings.Fields(strings.Repeat("r ", 40)) },
+			"hostile incident id": func(e *event.Event) { e.Whalewatch.Incident.ID = "*<!channel>*" },
+		} {
+			t.Run(name, func(t *testing.T) {
+				t.Parallel()
+				e := withEvidence()
+				mutate(e)
+				m := Slack(e, Options{})
+				checkMessage(t, m)
+				raw, err := json.Marshal(m.Blocks)
+				require.NoError(t, err)
+				require.NotContains(t, string(raw), "<!here>")
+				require.NotContains(t, string(raw), "<!channel>")
+			})
+		}
+	})
+}
+
+// TestSlackEvidenceHostile fills every evidence list to the wire contract's
+// bounds with the worst text there is: the message stays within Slack's
+// limits and no item opens, closes or leaves a code block.
+func TestSlackEvidenceHostile(t *testing.T) {
+	t.Parallel()
+	hostile := "```<!channel>``` `\u2028<@U123>\u2029 *b* _i_ ~s~ :x: \x1b[31m\u202e <https://evil|x>` " + strings.Repeat("`", 7)
+	long := hostile + strings.Repeat("A", 4<<10) + "```"
+	list := func(n int) []string {
+		out := make([]string, n)
+		for i := range out {
+			out[i] = long
+		}
+		return out
+	}
+	e := withEvidence()
+	e.Process.CommandLine = long
+	e.Whalewatch.Ancestry = make([]event.Ancestor, event.MaxAncestry)
+	for i := range e.Whalewatch.Ancestry {
+		e.Whalewatch.Ancestry[i] = event.Ancestor{PID: i + 1, Name: long, Executable: long, CommandLine: long}
+	}
+	e.Whalewatch.Evidence = &event.Evidence{
+		LogLines: list(event.MaxEvidence), FileChanges: list(event.MaxEvidence),
+		Connections: list(event.MaxEvidence), Processes: list(event.MaxEvidence),
+	}
+	e.Whalewatch.Incident = &event.Incident{ID: long, Count: 1 << 30, Rules: list(event.MaxEvidence)}
+	e.Container.Labels = map[string]string{long: long}
+
+	m := Slack(e, Options{KibanaURL: "https://kibana.example.com", Count: 99, Since: e.Timestamp})
+	checkMessage(t, m)
+	require.LessOrEqual(t, len(m.Blocks), MaxBlocks)
+	raw, err := m.Webhook()
+	require.NoError(t, err)
+	for _, bad := range []string{"<!channel>", "<@U123>", "<https://evil", "\\u001b", "\\u202e", "\\u2028", "\\u2029"} {
+		require.NotContains(t, string(raw), bad)
+	}
+	for _, b := range m.Blocks[3:5] {
+		text := b.(*slack.SectionBlock).Text.Text
+		require.LessOrEqual(t, len(text), MaxSection)
+		require.NotContains(t, text, "\u2028")
+	}
+	// Every text object is within its limit (checkMessage); the whole message
+	// is bounded too, far below what Slack accepts in one post.
+	require.Less(t, len(raw), 40000, "payload of %d bytes", len(raw))
+	t.Logf("maximal hostile threat: %d blocks, %d bytes of payload", len(m.Blocks), len(raw))
+}
+
 func TestSlack(t *testing.T) {
 	t.Parallel()
 	m := Slack(threat(), Options{})
@@ -221,30 +356,36 @@ func TestSlack(t *testing.T) {
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata")
 
-// TestGolden pins the webhook payload of the netcat threat. The file is also
-// a sample to post by hand (see the README):
+// TestGolden pins the webhook payloads of the netcat threat, bare and with
+// its evidence. The files are also samples to post by hand (see the README):
 //
 //	curl -H 'Content-Type: application/json' --data @testdata/netcat.golden.json "$SLACK_WEBHOOK_URL"
 //
 // Regenerate with go test ./internal/render -run TestGolden -update.
 func TestGolden(t *testing.T) {
 	t.Parallel()
-	e := threat()
-	e.Whalewatch.Response = &event.Response{Action: "pause", DryRun: true, Reason: "policy pause-netcat"}
-	m := Slack(e, Options{KibanaURL: "https://kibana.example.com"})
-	body, err := m.Webhook()
-	require.NoError(t, err)
-	var buf bytes.Buffer
-	require.NoError(t, json.Indent(&buf, body, "", "  "))
-	got := append(buf.Bytes(), '\n')
-	const path = "testdata/netcat.golden.json"
-	if *update {
-		require.NoError(t, os.MkdirAll("testdata", 0o755))
-		require.NoError(t, os.WriteFile(path, got, 0o644))
+	for path, e := range map[string]*event.Event{
+		"testdata/netcat.golden.json":   threat(),
+		"testdata/evidence.golden.json": withEvidence(), // process tree, hash, recent activity, incident
+	} {
+		t.Run(path, func(t *testing.T) {
+			t.Parallel()
+			e.Whalewatch.Response = &event.Response{Action: "pause", DryRun: true, Reason: "policy pause-netcat"}
+			m := Slack(e, Options{KibanaURL: "https://kibana.example.com"})
+			body, err := m.Webhook()
+			require.NoError(t, err)
+			var buf bytes.Buffer
+			require.NoError(t, json.Indent(&buf, body, "", "  "))
+			got := append(buf.Bytes(), '\n')
+			if *update {
+				require.NoError(t, os.MkdirAll("testdata", 0o755))
+				require.NoError(t, os.WriteFile(path, got, 0o644))
+			}
+			want, err := os.ReadFile(path)
+			require.NoError(t, err)
+			require.Equal(t, string(want), string(got), "run go test ./internal/render -run TestGolden -update")
+		})
 	}
-	want, err := os.ReadFile(path)
-	require.NoError(t, err)
-	require.Equal(t, string(want), string(got), "run go test ./internal/render -run TestGolden -update")
 }
 
 func TestSlackSparseThreat(t *testing.T) {
@@ -377,7 +518,13 @@ func FuzzSlack(f *testing.F) {
 	f.Add("\x1b\x00\u202e", "\xff\xfe", "", "`", "", "", "", "T", "<!channel>")
 	f.Add("*bold*", "_it_", "~s~", ":skull: @channel @here", "\u2028", "\u2029", ":fire:", "T1", "low")
 	f.Fuzz(func(t *testing.T, name, image, host, cmd, lk, lv, rule, tech, sev string) {
-		e := threat()
+		e := withEvidence()
+		e.Process.Hash.SHA256 = lk
+		e.Whalewatch.Ancestry = []event.Ancestor{{PID: 1, Name: name, Executable: image, CommandLine: cmd}, {Name: lv}, {Executable: lk}}
+		e.Whalewatch.Evidence = &event.Evidence{
+			LogLines: []string{cmd, lv, cmd + cmd}, FileChanges: []string{name, host}, Connections: []string{host, lk},
+		}
+		e.Whalewatch.Incident = &event.Incident{ID: tech, Count: len(cmd), Rules: []string{rule, sev, lv}}
 		e.Container.Name, e.Container.Image.Name, e.Host.Name = name, image, host
 		e.Container.ID = name + image
 		e.Container.Labels = map[string]string{lk: lv, lv: lk}

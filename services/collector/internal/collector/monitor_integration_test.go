@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
@@ -21,13 +22,14 @@ import (
 
 func fast(t *testing.T) func(*Config) {
 	return func(cfg *Config) {
-		cfg.ResourceInterval = 300 * time.Millisecond
-		cfg.Logs = true
-		cfg.LogBatchInterval = 100 * time.Millisecond
-		cfg.DiffInterval = 300 * time.Millisecond
-		cfg.SocketInterval = 200 * time.Millisecond
+		cfg.Resources.Interval = 300 * time.Millisecond
+		cfg.Resources.FastInterval = 300 * time.Millisecond
+		cfg.Logs.Enabled = true
+		cfg.Logs.BatchInterval = 100 * time.Millisecond
+		cfg.Files.Interval = 300 * time.Millisecond
+		cfg.Sockets.Interval = 200 * time.Millisecond
 		cfg.ProcessPollInterval = time.Hour // one docker top per container: the engine may run many
-		cfg.monitorFilter = func(ci *containerInfo) bool { return ci.Labels[dockertest.LabelTest] == t.Name() }
+		cfg.MonitorLabel = dockertest.LabelTest + "=" + t.Name()
 	}
 }
 
@@ -68,9 +70,9 @@ func TestIntegrationResourceBusyLoop(t *testing.T) {
 	require.GreaterOrEqual(t, r.PIDs, int64(1))
 	require.Positive(t, r.IntervalSeconds)
 	if os.Geteuid() == 0 { // the host's cgroup and /proc files are readable: the default source
-		require.Equal(t, map[string]float64{sourceCgroup: sourceCounts(t, h.reg)[sourceCgroup]}, sourceCounts(t, h.reg),
+		require.Equal(t, map[string]float64{"cgroup": counts(t, h.reg, "whalewatch_collector_resource_samples_total")["cgroup"]}, counts(t, h.reg, "whalewatch_collector_resource_samples_total"),
 			"every sample from cgroup files")
-		require.Positive(t, sourceCounts(t, h.reg)[sourceCgroup])
+		require.Positive(t, counts(t, h.reg, "whalewatch_collector_resource_samples_total")["cgroup"])
 	}
 }
 
@@ -133,7 +135,7 @@ func TestIntegrationSocketsListenAndConnect(t *testing.T) {
 // lines still arrive.
 func TestIntegrationNoisyLogsDoNotStarveOthers(t *testing.T) {
 	t.Parallel()
-	h := startCollector(t, fast(t), func(c *Config) { c.LogMaxLinesPerSecond = 200 })
+	h := startCollector(t, fast(t), func(c *Config) { c.Logs.MaxLinesPerSecond = 200 })
 	noisy := dockertest.Run(t, []string{"--log-opt", "max-size=5m", "--log-opt", "max-file=2"},
 		"sh", "-c", "yes | head -n 200000; sleep 300")
 	h.wait(t, "rate-limited batch of the noisy container", and(of(noisy, event.TelemetryLog), func(e *event.Event) bool {
@@ -164,4 +166,25 @@ func TestIntegrationNoisyLogsDoNotStarveOthers(t *testing.T) {
 		}
 	}
 	require.Less(t, published, 200000, "most of the flood was dropped, not published")
+}
+
+// counts is a counter vector of reg by its (first) label's value.
+func counts(t *testing.T, reg prometheus.Gatherer, name string) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			k := ""
+			if l := m.GetLabel(); len(l) > 0 {
+				k = l[0].GetValue()
+			}
+			got[k] = m.GetCounter().GetValue()
+		}
+	}
+	return got
 }

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"fmt"
 	"os"
 	"slices"
 	"testing"
@@ -90,6 +91,39 @@ func TestIntegrationLogsBothStreams(t *testing.T) {
 	require.Equal(t, []string{"hello"}, out.e.Whalewatch.Log.Lines, "no timestamp prefix left")
 	require.WithinDuration(t, time.Now(), out.e.Timestamp, time.Minute, "@timestamp is when it was logged")
 	h.wait(t, "stderr batch", and(of(id, event.TelemetryLog), line("stderr", "err")))
+}
+
+// Logs of a json-file container are read from its file on disk, through
+// rotations (max-size 1k: a rotation every ~15 lines), each line once and in
+// order; the Engine API is not asked.
+func TestIntegrationLogsFromFileThroughRotation(t *testing.T) {
+	t.Parallel()
+	const n = 150
+	h := startCollector(t, fast(t), func(c *Config) { c.Logs.Source = "file" })
+	id := dockertest.Run(t, []string{"--log-opt", "max-size=1k", "--log-opt", "max-file=3"}, "sh", "-c",
+		"i=0; while [ $i -lt 150 ]; do echo line-$i-padding-padding-padding-padding; i=$((i+1)); usleep 20000; done; sleep 300")
+	seen := func() []string {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		var lines []string
+		for _, s := range h.got {
+			if s.e.Container != nil && s.e.Container.ID == id && s.e.Whalewatch.Log != nil {
+				lines = append(lines, s.e.Whalewatch.Log.Lines...)
+			}
+		}
+		return lines
+	}
+	natstest.Eventually(t, waitFor, func() bool { return len(seen()) >= n }, "lines: %v", lazyString(func() string {
+		return fmt.Sprint(len(seen()))
+	}))
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("line-%d-padding-padding-padding-padding", i))
+	}
+	require.Equal(t, want, seen(), "every line once, in order")
+	readers := counts(t, h.reg, "whalewatch_collector_log_readers_total")
+	require.Equal(t, 1.0, readers["file"])
+	require.Zero(t, readers["engine-api"], "the Engine API stream is not used")
 }
 
 func TestIntegrationFileDropper(t *testing.T) {

@@ -58,6 +58,10 @@ type Config struct {
 	// per-container sources to the containers carrying that label
 	// (lifecycle and configuration telemetry still cover every container).
 	MonitorLabel string
+	// Fanotify reports file changes from fanotify beside the process
+	// connector (the engine's data root must be at the same path as on the
+	// host).
+	Fanotify bool
 	// Mounts are the host's /proc and cgroup mounts.
 	Mounts source.HostMounts
 
@@ -84,6 +88,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.MonitorLabel, "monitor-label", "", "when set (key or key=value), only containers with this label get the per-container sources (processes by docker top, resources, logs, files, sockets)")
 	fs.StringVar(&c.Mounts.Proc, "host-proc", "/proc", "the host's /proc (mount it, and run in the host's PID namespace, when the collector runs in a container)")
 	fs.StringVar(&c.Mounts.Cgroup, "host-cgroup", "/sys/fs/cgroup", "the host's cgroup mount: resource samples are read from containers' cgroup files there when readable, else asked of the Engine API (empty: always the Engine API)")
+	fs.BoolVar(&c.Fanotify, "fanotify", true, "with the process connector, report file changes as they happen from fanotify on the filesystem of the engine's data root (docker diff then only reconciles)")
 	c.Sensor.RegisterFlags(fs)
 	c.Resources.RegisterFlags(fs)
 	c.Logs.RegisterFlags(fs)

@@ -19,6 +19,7 @@ import (
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/dockerevents"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/dockertop"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/exposure"
+	"github.com/whalewatch/whalewatch/services/collector/internal/source/fanotify"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/logs"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/procconn"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/resources"
@@ -62,6 +63,16 @@ type capabilities struct {
 	procConnector func() error
 	// newProcConnector builds the process connector source.
 	newProcConnector func(host string, lookup source.Containers, log *slog.Logger, reg prometheus.Registerer) procSource
+	// fanotify opens the file source beside the process connector; nil: none.
+	fanotify func(layout fanotify.Layout, host string, log *slog.Logger, reg prometheus.Registerer) (fileWatcher, error)
+}
+
+// fileWatcher is the fanotify source: a host source reading the group and a
+// per-container source registering each container's directory.
+type fileWatcher interface {
+	source.Host
+	source.PerContainer
+	Close() error
 }
 
 // procSource is the process connector as the wiring uses it.
@@ -83,6 +94,13 @@ func hostCapabilities() capabilities {
 		procConnector: procconn.Probe,
 		newProcConnector: func(host string, lookup source.Containers, log *slog.Logger, reg prometheus.Registerer) procSource {
 			return procconn.New(host, lookup, log, reg)
+		},
+		fanotify: func(layout fanotify.Layout, host string, log *slog.Logger, reg prometheus.Registerer) (fileWatcher, error) {
+			w, err := fanotify.New(layout, host, log, reg)
+			if err != nil {
+				return nil, err
+			}
+			return w, nil
 		},
 	}
 }
@@ -115,6 +133,7 @@ func build(docker dockerAPI, pub eventPublisher, cfg Config, caps capabilities, 
 		return nil, err
 	}
 	c := &Collector{
+		modes:    modes{file: "off", network: "off", logs: "off"},
 		cfg:      cfg,
 		host:     host,
 		docker:   docker,
@@ -173,6 +192,12 @@ func build(docker dockerAPI, pub eventPublisher, cfg Config, caps capabilities, 
 	case ModeProcConnector:
 		pc := caps.newProcConnector(host, cache{c}, log, reg)
 		c.hostSources = append(c.hostSources, pc)
+		if fw := c.openFanotify(docker, caps, reg); fw != nil {
+			c.hostSources = append(c.hostSources, fw)
+			c.perContainer = append(c.perContainer, fw)
+			c.closers = append(c.closers, fw.Close)
+			c.modes.file = fanotify.Mode
+		}
 		c.perContainer = append(c.perContainer, inventory{
 			since: pc.Listening,
 			top:   dockertop.New(docker, host, cfg.ProcessPollInterval, true, log, topErrs),
@@ -182,7 +207,6 @@ func build(docker dockerAPI, pub eventPublisher, cfg Config, caps capabilities, 
 	}
 
 	// Resources, logs, files, sockets.
-	c.modes.file, c.modes.network, c.modes.logs = "off", "off", "off"
 	if s, ok := docker.(statsAPI); ok && cfg.Resources.Interval > 0 {
 		c.perContainer = append(c.perContainer, resources.New(s, cfg.Resources, cfg.Mounts, host, log, c.m.dockerErrors.WithLabelValues("stats"), reg))
 	}
@@ -195,7 +219,9 @@ func build(docker dockerAPI, pub eventPublisher, cfg Config, caps capabilities, 
 	diffEvery := cfg.Files.Interval
 	if mode == ModeEBPF {
 		c.modes.file = ModeEBPF
-		diffEvery = cfg.Files.ReconcileInterval // docker diff only reconciles
+	}
+	if c.modes.file != "off" {
+		diffEvery = cfg.Files.ReconcileInterval // file changes come as they happen: docker diff only reconciles
 	}
 	if d, ok := docker.(diffAPI); ok && diffEvery > 0 {
 		c.perContainer = append(c.perContainer, diff.New(d, diffEvery, cfg.Files, cfg.Mounts, host, log, c.m.dockerErrors.WithLabelValues("diff"), reg))
@@ -266,4 +292,31 @@ func (t inventory) Monitor(ctx context.Context, ctr *source.Container, emit sour
 		return nil
 	}
 	return t.top.Monitor(ctx, ctr, emit)
+}
+
+// openFanotify opens the fanotify file source on the filesystem of the
+// engine's data root, when -fanotify asks for it, the engine says where its
+// data is, and the kernel allows; nil otherwise (docker diff then reports
+// files).
+func (c *Collector) openFanotify(docker dockerAPI, caps capabilities, reg prometheus.Registerer) fileWatcher {
+	if !c.cfg.Fanotify || caps.fanotify == nil {
+		return nil
+	}
+	info, ok := docker.(infoAPI)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), source.CallTimeout)
+	defer cancel()
+	in, err := info.Info(ctx)
+	if err != nil || in.DockerRootDir == "" || in.Driver == "" {
+		c.log.Warn("fanotify file source off: the engine's data root is unknown", "err", err)
+		return nil
+	}
+	fw, err := caps.fanotify(fanotify.Layout{DataRoot: in.DockerRootDir, Driver: in.Driver}, c.host, c.log, reg)
+	if err != nil {
+		c.log.Warn("fanotify file source unavailable, files from docker diff", "err", err)
+		return nil
+	}
+	return fw
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/docker/docker/api/types/container"
+	"github.com/docker/docker/api/types/system"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
@@ -19,6 +20,7 @@ import (
 	"github.com/whalewatch/whalewatch/services/collector/internal/source"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/diff"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/dockertop"
+	"github.com/whalewatch/whalewatch/services/collector/internal/source/fanotify"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/sockets"
 )
 
@@ -213,5 +215,54 @@ func TestMonitorLabel(t *testing.T) {
 	for label, want := range map[string]bool{"": true, "app": true, "app=web": true, "app=db": false, "tier": false} {
 		cfg := Config{MonitorLabel: label}
 		require.Equal(t, want, cfg.monitored(map[string]string{"app": "web"}), label)
+	}
+}
+
+// fakeFiles is a fanotify source that opens.
+type fakeFiles struct{}
+
+func (fakeFiles) Run(ctx context.Context, _ source.Emit) error { <-ctx.Done(); return nil }
+func (fakeFiles) Monitor(ctx context.Context, _ *source.Container, _ source.Emit) error {
+	<-ctx.Done()
+	return nil
+}
+func (fakeFiles) Close() error { return nil }
+
+// withInfo is a fake engine that says where its data is.
+type withInfo struct{ withDiff }
+
+func (withInfo) Info(context.Context) (system.Info, error) {
+	return system.Info{Driver: "vfs", DockerRootDir: "/var/lib/docker"}, nil
+}
+
+func TestFanotifyBesideTheConnector(t *testing.T) {
+	t.Parallel()
+	for _, on := range []bool{true, false} {
+		cfg := testConfig(t)
+		cfg.ProcessSource, cfg.Fanotify = ModeProcConnector, on
+		cfg.Files.Interval, cfg.Files.ReconcileInterval = 30*time.Second, 5*time.Minute
+		cp := caps(false, true, nil)
+		var layout fanotify.Layout
+		cp.fanotify = func(l fanotify.Layout, _ string, _ *slog.Logger, _ prometheus.Registerer) (fileWatcher, error) {
+			layout = l
+			return fakeFiles{}, nil
+		}
+		c, err := build(withInfo{withDiff{&fakeDocker{}}}, &fakePublisher{}, cfg, cp, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+		require.NoError(t, err)
+		var every []time.Duration
+		for _, s := range c.perContainer {
+			if d, ok := s.(*diff.Monitor); ok {
+				every = append(every, d.Interval())
+			}
+		}
+		if on {
+			require.Equal(t, "fanotify", c.modes.file)
+			require.Equal(t, fanotify.Layout{DataRoot: "/var/lib/docker", Driver: "vfs"}, layout)
+			require.Len(t, c.hostSources, 2)
+			require.Equal(t, []time.Duration{5 * time.Minute}, every, "docker diff only reconciles")
+		} else {
+			require.Equal(t, "docker-diff", c.modes.file)
+			require.Equal(t, []time.Duration{30 * time.Second}, every)
+		}
 	}
 }

@@ -42,6 +42,10 @@ type Container struct {
 	// other drivers). The log source reads that file when it can.
 	LogDriver string
 	LogPath   string
+	// UpperDir is the writable layer's directory on the host when the
+	// storage driver says (overlay2); empty otherwise (vfs: see the
+	// fanotify source's layout).
+	UpperDir string
 }
 
 // ECS returns container.* for one event. Slices and maps are copied: Bound
@@ -83,6 +87,9 @@ func FromInspect(in container.InspectResponse) *Container {
 		ci.ID = b.ID
 		ci.Name = strings.TrimPrefix(b.Name, "/")
 		ci.LogPath = b.LogPath
+		if g := b.GraphDriver; g.Data != nil {
+			ci.UpperDir = g.Data["UpperDir"]
+		}
 		ci.Config.ImageID = b.Image
 		if b.State != nil {
 			ci.Running = b.State.Running

@@ -314,3 +314,6 @@ func fileEvent(host, containerID, path, kind string, info *fileInfo, now time.Ti
 		},
 	}
 }
+
+// Interval is how often the source looks.
+func (f *Monitor) Interval() time.Duration { return f.interval }

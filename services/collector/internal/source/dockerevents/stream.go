@@ -38,7 +38,6 @@ type Stream struct {
 	errors     prometheus.Counter // failed subscriptions and stream errors
 	reconnects prometheus.Counter
 	now        func() time.Time
-	initial    time.Duration // first reconnection delay; 0: backoff's
 }
 
 // NewStream returns the stream of docker; errs counts failures, reconnects
@@ -56,11 +55,7 @@ func NewStream(docker API, log *slog.Logger, errs, reconnects prometheus.Counter
 // never compared with a remote engine's.
 func (s *Stream) Run(ctx context.Context, h Handler) error {
 	var since time.Time // engine time of the last event read
-	b := backoff
-	if s.initial > 0 {
-		b.Initial = s.initial
-	}
-	_ = b.Do(ctx, func(ctx context.Context) error {
+	_ = backoff.Do(ctx, func(ctx context.Context) error {
 		began := s.now()
 		err := s.once(ctx, h, &since)
 		if ctx.Err() != nil {

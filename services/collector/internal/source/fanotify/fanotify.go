@@ -73,7 +73,9 @@ type Watcher struct {
 	f      *os.File // the fanotify group, non-blocking
 	fd     int
 	mount  int // a descriptor on the filesystem, for open_by_handle_at
-	m      metrics
+	// resolve turns a directory handle into its host path.
+	resolve func(htype int32, handle []byte) (string, error)
+	m       metrics
 
 	mu    sync.Mutex
 	roots map[string]*source.Container // by host directory (with trailing /)
@@ -125,7 +127,14 @@ func New(layout Layout, host string, log *slog.Logger, reg prometheus.Registerer
 		_ = unixClose(fd)
 		return nil, fmt.Errorf("opening %s: %w", layout.DataRoot, err)
 	}
-	w := &Watcher{layout: layout, host: host, log: log.With("file_source", Mode), f: os.NewFile(uintptr(fd), "fanotify"), fd: fd, mount: mount,
+	w := newWatcher(layout, host, log, reg)
+	w.f, w.fd, w.mount = os.NewFile(uintptr(fd), "fanotify"), fd, mount
+	w.resolve = func(htype int32, handle []byte) (string, error) { return resolve(mount, htype, handle) }
+	return w, nil
+}
+
+func newWatcher(layout Layout, host string, log *slog.Logger, reg prometheus.Registerer) *Watcher {
+	w := &Watcher{layout: layout, host: host, log: log.With("file_source", Mode),
 		roots: map[string]*source.Container{}, ctrs: map[string]*source.Container{}, dirs: map[string]dirInfo{}, pend: map[change]bool{}}
 	w.m.events = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "whalewatch_collector_fanotify_events_total",
@@ -136,7 +145,7 @@ func New(layout Layout, host string, log *slog.Logger, reg prometheus.Registerer
 		Help: "File changes published by the fanotify source (after coalescing).",
 	})
 	reg.MustRegister(w.m.events, w.m.emitted)
-	return w, nil
+	return w
 }
 
 // Close releases the group. Call it after Run returned.
@@ -216,14 +225,18 @@ func (w *Watcher) parse(b []byte) {
 		ev, rest := b[:l], b[l:]
 		b = rest
 		mask := ne.Uint64(ev[8:16])
-		if fd := int32(ne.Uint32(ev[16:20])); fd >= 0 {
-			_ = unixClose(int(fd))
+		if fd := int32(ne.Uint32(ev[16:20])); fd >= 0 && w.fd > 0 {
+			_ = unixClose(int(fd)) // not sent with FAN_REPORT_DFID_NAME; never leak one
 		}
 		if mask&qOverflow != 0 {
 			w.m.events.WithLabelValues("overflow").Inc()
 			continue
 		}
-		info := ev[int(ne.Uint16(ev[6:8])):]
+		ml := int(ne.Uint16(ev[6:8]))
+		if ml < metaLen || ml > len(ev) {
+			continue
+		}
+		info := ev[ml:]
 		for len(info) >= 4 {
 			typ, il := info[0], int(ne.Uint16(info[2:4]))
 			if il < 4 || il > len(info) {
@@ -266,7 +279,7 @@ func (w *Watcher) event(mask uint64, htype int32, handle []byte, name string) {
 	key := strconv.Itoa(int(htype)) + ":" + string(handle)
 	d, ok := w.dirs[key]
 	if !ok {
-		path, err := resolve(w.mount, htype, handle)
+		path, err := w.resolve(htype, handle)
 		if err != nil {
 			w.m.events.WithLabelValues("stale").Inc()
 			return

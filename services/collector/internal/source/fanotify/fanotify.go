@@ -3,8 +3,8 @@
 // filesystem that holds the engine's data root (FAN_MARK_FILESYSTEM: with
 // the vfs storage driver a container's root is a plain directory there, not
 // a mount) and reports, with the directory's file handle and the entry's
-// name (FAN_REPORT_DFID_NAME), every create, modify, delete, move and
-// attribute change. Events under a watched container's writable directory
+// name (FAN_REPORT_DFID_NAME), every create, close after writing, delete,
+// move and attribute change. Events under a watched container's writable directory
 // become file telemetry within a flush period (100 ms); the rest of the
 // host's file activity is rejected after one map lookup per directory.
 //

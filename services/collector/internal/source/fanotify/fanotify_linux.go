@@ -16,10 +16,14 @@ const (
 	fanMovedFrom = unix.FAN_MOVED_FROM
 	fanMovedTo   = unix.FAN_MOVED_TO
 	fanAttrib    = unix.FAN_ATTRIB
-	fanModify    = unix.FAN_MODIFY
+	fanModify    = unix.FAN_CLOSE_WRITE
 )
 
-const watchMask = unix.FAN_CREATE | unix.FAN_MODIFY | unix.FAN_DELETE | unix.FAN_MOVED_FROM | unix.FAN_MOVED_TO |
+// watchMask: writes are seen at close (FAN_CLOSE_WRITE), not at every
+// write(2) (FAN_MODIFY): the group sees the whole host filesystem, and a
+// build on the host writes a file in thousands of calls; a container's
+// write is reported when the writer closes the file.
+const watchMask = unix.FAN_CREATE | unix.FAN_CLOSE_WRITE | unix.FAN_DELETE | unix.FAN_MOVED_FROM | unix.FAN_MOVED_TO |
 	unix.FAN_ATTRIB | unix.FAN_ONDIR
 
 // open makes a notification group reporting directory handles and names and

@@ -13,7 +13,7 @@ const (
 	fanMovedFrom = 0x40
 	fanMovedTo   = 0x80
 	fanAttrib    = 0x4
-	fanModify    = 0x2
+	fanModify    = 0x8 // FAN_CLOSE_WRITE
 )
 
 var errLinux = errors.New("fanotify needs Linux")

@@ -76,7 +76,7 @@ func TestWatcherReportsContainerChangesOnly(t *testing.T) {
 	buf = append(buf, record(fanCreate|0x40000000, []byte{3}, "tmp")...)
 	buf = append(buf, record(qOverflow, nil, "")[:metaLen]...)
 	buf[len(buf)-metaLen] = metaLen // a lone metadata: its length is its own
-	buf = append(buf, 0xde, 0xad) // a torn tail is ignored
+	buf = append(buf, 0xde, 0xad)   // a torn tail is ignored
 	w.parse(buf)
 
 	var got sourcetest.Recorder

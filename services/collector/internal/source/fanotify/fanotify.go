@@ -78,6 +78,7 @@ type Watcher struct {
 	m       metrics
 
 	mu    sync.Mutex
+	key   []byte                       // scratch for the directory cache's key
 	roots map[string]*source.Container // by host directory (with trailing /)
 	ctrs  map[string]*source.Container // by id
 	dirs  map[string]dirInfo
@@ -104,6 +105,8 @@ type change struct {
 type metrics struct {
 	events  *prometheus.CounterVec // by result: container, host, stale, overflow, dropped
 	emitted prometheus.Counter
+	// The hot path's counters, bound once (WithLabelValues hashes).
+	container, host, stale, overflow, dropped prometheus.Counter
 }
 
 // Probe tells whether a fanotify group with FAN_REPORT_DFID_NAME can mark
@@ -145,6 +148,8 @@ func newWatcher(layout Layout, host string, log *slog.Logger, reg prometheus.Reg
 		Help: "File changes published by the fanotify source (after coalescing).",
 	})
 	reg.MustRegister(w.m.events, w.m.emitted)
+	w.m.container, w.m.host, w.m.stale = w.m.events.WithLabelValues("container"), w.m.events.WithLabelValues("host"), w.m.events.WithLabelValues("stale")
+	w.m.overflow, w.m.dropped = w.m.events.WithLabelValues("overflow"), w.m.events.WithLabelValues("dropped")
 	return w
 }
 
@@ -229,7 +234,7 @@ func (w *Watcher) parse(b []byte) {
 			_ = unixClose(int(fd)) // not sent with FAN_REPORT_DFID_NAME; never leak one
 		}
 		if mask&qOverflow != 0 {
-			w.m.events.WithLabelValues("overflow").Inc()
+			w.m.overflow.Inc()
 			continue
 		}
 		ml := int(ne.Uint16(ev[6:8]))
@@ -258,7 +263,7 @@ func (w *Watcher) parse(b []byte) {
 			if i := indexByte(name, 0); i >= 0 {
 				name = name[:i]
 			}
-			w.event(mask, htype, handle, string(name))
+			w.event(mask, htype, handle, name)
 		}
 	}
 }
@@ -273,15 +278,19 @@ func indexByte(b []byte, c byte) int {
 }
 
 // event records one change when its directory is in a watched container.
-func (w *Watcher) event(mask uint64, htype int32, handle []byte, name string) {
+func (w *Watcher) event(mask uint64, htype int32, handle, name []byte) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	key := strconv.Itoa(int(htype)) + ":" + string(handle)
-	d, ok := w.dirs[key]
+	// The key is built in a reused buffer and looked up without a copy:
+	// most events are the host's, in directories already resolved.
+	w.key = binary.NativeEndian.AppendUint32(w.key[:0], uint32(htype))
+	w.key = append(w.key, handle...)
+	d, ok := w.dirs[string(w.key)]
 	if !ok {
+		key := string(w.key)
 		path, err := w.resolve(htype, handle)
 		if err != nil {
-			w.m.events.WithLabelValues("stale").Inc()
+			w.m.stale.Inc()
 			return
 		}
 		d = w.classify(path)
@@ -291,20 +300,20 @@ func (w *Watcher) event(mask uint64, htype int32, handle []byte, name string) {
 		w.dirs[key] = d
 	}
 	if d.container == "" {
-		w.m.events.WithLabelValues("host").Inc()
+		w.m.host.Inc()
 		return
 	}
-	w.m.events.WithLabelValues("container").Inc()
+	w.m.container.Inc()
 	op := operation(mask)
 	if op == "" {
 		return
 	}
-	c := change{container: d.container, hostPath: filepath.Join(d.path, name), path: joinInner(d.inner, name), op: op}
+	c := change{container: d.container, hostPath: filepath.Join(d.path, string(name)), path: joinInner(d.inner, string(name)), op: op}
 	if w.pend[c] {
 		return // coalesced: one write reported per flush
 	}
 	if len(w.order) >= maxPending {
-		w.m.events.WithLabelValues("dropped").Inc()
+		w.m.dropped.Inc()
 		return
 	}
 	w.pend[c] = true

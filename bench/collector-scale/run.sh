@@ -95,6 +95,7 @@ run_collector() {
 		"$(pct $((e1 - e0)) "$WINDOW") (+$(awk -v a="$(pct $((e1 - e0)) "$WINDOW")" -v b="$BASE" 'BEGIN{printf "%.2f", a-b}'))"
 	echo "    process source: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_process_mode/ && $2==1 {print $1}')"
 	echo "    source modes: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_source_mode/ && $2==1 {printf "%s ", $1}')"
+	echo "    fanotify events: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_fanotify_events_total/ {printf "%s ", $0}')"
 	echo "    resource samples: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_resource_samples_total/ {printf "%s ", $0}')"
 	kill "$c"; wait "$c" 2>/dev/null || true
 	grep -v '^$' "$TMP/collector.log" | head -3 | sed 's/^/    log: /' || true

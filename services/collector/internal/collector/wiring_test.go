@@ -37,15 +37,15 @@ type fakeProc struct{}
 func (fakeProc) Run(ctx context.Context, _ source.Emit) error { <-ctx.Done(); return nil }
 func (fakeProc) Listening() time.Time                         { return time.Now() }
 
-// caps is a host where the sensor and the connector work as told; the
-// stub's Open stands for a kernel without the sensor.
+// caps is a host where the sensor and the connector work as told (the
+// real sensor package is not asked: as root with BTF it would load).
 func caps(sensorOK, connectorOK bool, fs *fakeSensor) capabilities {
 	c := capabilities{
-		openSensor: func(cfg sensor.Config, host string, ctrs sensor.Containers, log *slog.Logger, reg prometheus.Registerer) (kernelSensor, error) {
+		openSensor: func(sensor.Config, string, sensor.Containers, *slog.Logger, prometheus.Registerer) (kernelSensor, error) {
 			if sensorOK {
 				return fs, nil
 			}
-			return hostCapabilities().openSensor(cfg, host, ctrs, log, reg) // the stub: ErrUnsupported
+			return nil, fmt.Errorf("opening the kernel sensor: no BTF: %w", sensor.ErrUnsupported)
 		},
 		procConnector: func() error {
 			if connectorOK {
@@ -265,4 +265,16 @@ func TestFanotifyBesideTheConnector(t *testing.T) {
 			require.Equal(t, []time.Duration{30 * time.Second}, every)
 		}
 	}
+}
+
+// The stub in this tree (or a kernel without the sensor) makes the real
+// probe fail with ErrUnsupported: auto degrades to the next link.
+func TestSensorStubIsUnsupported(t *testing.T) {
+	t.Parallel()
+	ks, err := hostCapabilities().openSensor(sensor.Config{}, "h", cache{}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	if err == nil {
+		_ = ks.Close()
+		t.Skip("the kernel sensor loads here (the real package, as root)")
+	}
+	require.ErrorIs(t, err, sensor.ErrUnsupported)
 }

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
@@ -124,8 +125,7 @@ func (t *fileTail) close() {
 
 // drain reads the file to its end; when the driver has rotated it (the
 // path names another file now), it reads the rotated file to its end, then
-// a file rotated in between (path.1, when it is not the one just read) and
-// goes on with the new file. A file cut shorter than what was read
+// the files rotated in between (catchUp) and goes on with the new file. A file cut shorter than what was read
 // (truncation) is read again from its start.
 func (t *fileTail) drain() {
 	for range 4 { // bounded: a rotation storm is caught up at the next wake
@@ -147,14 +147,46 @@ func (t *fileTail) drain() {
 			return
 		}
 		t.f.Close()
-		if mid, err := os.Open(t.path + ".1"); err == nil {
-			if fi, err := mid.Stat(); err == nil && (old == nil || !os.SameFile(fi, old)) && !os.SameFile(fi, cur) {
-				t.use(mid)
-				t.readToEOF()
-			}
-			mid.Close()
-		}
+		t.catchUp(old, cur)
 		t.use(next)
+	}
+}
+
+// maxRotated bounds the rotated files looked at (the driver's max-file).
+const maxRotated = 9
+
+// catchUp reads the files rotated since old (which was just read to its
+// end) that were never opened: the reader fell behind by more than one
+// rotation. The driver shifts path.1 → path.2 …, so the files newer than
+// old are those with a lower suffix than old's, or every one when old was
+// already deleted; they are read oldest first. cur is the new file.
+func (t *fileTail) catchUp(old, cur fs.FileInfo) {
+	var rotated []*os.File
+	oldAt := -1
+	for i := 1; i <= maxRotated; i++ {
+		f, err := os.Open(t.path + "." + strconv.Itoa(i))
+		if err != nil {
+			break
+		}
+		fi, err := f.Stat()
+		if err != nil || os.SameFile(fi, cur) {
+			f.Close()
+			break
+		}
+		if old != nil && os.SameFile(fi, old) {
+			f.Close()
+			oldAt = i
+			break
+		}
+		rotated = append(rotated, f)
+	}
+	if oldAt < 0 && old != nil && len(rotated) == maxRotated {
+		t.l.log.Debug("log rotated more than the reader can follow", "path", t.path)
+	}
+	for i := len(rotated) - 1; i >= 0; i-- {
+		t.use(rotated[i])
+		t.readToEOF()
+		rotated[i].Close()
 	}
 }
 

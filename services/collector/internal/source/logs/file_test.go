@@ -146,8 +146,22 @@ func TestFileTailMissedRotationAndFallback(t *testing.T) {
 	require.NoError(t, os.Rename(path, path+".1"))
 	appendRecords(t, path, out("c\n"))
 	tail.drain()
+	// Three more rotations, as the driver does with max-file=3: the file
+	// the reader holds is deleted, the two after it were never opened.
+	rotate := func() {
+		_ = os.Remove(path + ".2")
+		require.NoError(t, os.Rename(path+".1", path+".2"))
+		require.NoError(t, os.Rename(path, path+".1"))
+	}
+	rotate()
+	appendRecords(t, path, out("d\n"))
+	rotate()
+	appendRecords(t, path, out("e\n"))
+	rotate()
+	appendRecords(t, path, out("f\n"))
+	tail.drain()
 	b.close()
-	require.Equal(t, []string{"stdout:a", "stdout:b", "stdout:c"}, got.lines())
+	require.Equal(t, []string{"stdout:a", "stdout:b", "stdout:c", "stdout:d", "stdout:e", "stdout:f"}, got.lines())
 
 	// A file that cannot be opened: the Engine API stream (auto).
 	var got2 collected

@@ -100,8 +100,14 @@ func TestIntegrationLogsFromFileThroughRotation(t *testing.T) {
 	t.Parallel()
 	const n = 150
 	h := startCollector(t, fast(t), func(c *Config) { c.Logs.Source = "file" })
+	// The container prints once the collector follows its file (then each
+	// rotation must be followed as it happens).
 	id := dockertest.Run(t, []string{"--log-opt", "max-size=1k", "--log-opt", "max-file=3"}, "sh", "-c",
-		"i=0; while [ $i -lt 150 ]; do echo line-$i-padding-padding-padding-padding; i=$((i+1)); usleep 20000; done; sleep 300")
+		"while [ ! -e /tmp/go ]; do usleep 20000; done; i=0; while [ $i -lt 150 ]; do echo line-$i-padding-padding-padding-padding; i=$((i+1)); usleep 20000; done; sleep 300")
+	natstest.Eventually(t, waitFor, func() bool {
+		return counts(t, h.reg, "whalewatch_collector_log_readers_total")["file"] == 1
+	}, "the collector does not follow the container's log file")
+	dockertest.Docker(t, "exec", id, "touch", "/tmp/go")
 	seen := func() []string {
 		h.mu.Lock()
 		defer h.mu.Unlock()

@@ -51,9 +51,15 @@ func (l *Monitor) tail(ctx context.Context, ctr *source.Container, b *logBatcher
 			return err
 		}
 	}
-	l.m.readers.WithLabelValues(SourceFile).Inc()
 	t := newFileTail(ctr.LogPath, f, b, l)
 	defer t.close()
+	if fromStart && t.fi != nil {
+		// A young container may have rotated its log before the reader
+		// came: its rotated files first, oldest first.
+		t.catchUp(nil, t.fi)
+		t.use(f)
+	}
+	l.m.readers.WithLabelValues(SourceFile).Inc()
 
 	every := l.poll
 	var wake <-chan struct{}

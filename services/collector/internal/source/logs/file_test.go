@@ -16,6 +16,7 @@ import (
 
 	"github.com/whalewatch/whalewatch/pkg/event"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source"
+	"github.com/whalewatch/whalewatch/services/collector/internal/source/sourcetest"
 )
 
 // appendRecords writes json-file records as the driver does, one write each.
@@ -180,3 +181,27 @@ func newReg() *prometheus.Registry { return prometheus.NewRegistry() }
 type lazy func() []string
 
 func (l lazy) String() string { return strings.Join(l(), "|") }
+
+// A young container's log is read from its rotated files first, oldest
+// first, then the current file from its start.
+func TestFileTailYoungContainerReadsRotatedFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c4-json.log")
+	appendRecords(t, path+".2", out("one\n"))
+	appendRecords(t, path+".1", out("two\n"))
+	appendRecords(t, path, out("three\n"))
+	require.NoError(t, os.WriteFile(path+".3.gz", []byte("compressed: ignored"), 0o640))
+	l := New(&fakeLogs{}, Config{Enabled: true, Source: SourceFile, BatchLines: 100, BatchInterval: time.Millisecond, MaxLinesPerSecond: 1000},
+		"h", sourcetest.Log(), testCounter(), newReg())
+	t.Cleanup(func() { require.NoError(t, l.Close()) })
+	var got collected
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	ctr := &source.Container{ID: "c4", LogDriver: "json-file", LogPath: path, StartedAt: time.Now()}
+	go func() { done <- l.Monitor(ctx, ctr, got.emit) }()
+	require.Eventually(t, func() bool { return len(got.lines()) == 3 }, 10*time.Second, time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+	require.Equal(t, []string{"stdout:one", "stdout:two", "stdout:three"}, got.lines())
+}

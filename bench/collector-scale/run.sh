@@ -7,6 +7,10 @@
 # VARIANTS: collector flag sets measured one after the other, separated by
 # ';' (the first is usually empty: the defaults), e.g.
 #   VARIANTS=';-process-source docker-top;-process-poll-interval 5s'
+# COLLECTORS: collector binaries compared in the same run, name=path
+# separated by ';' (default: bin/collector), each run with every variant, e.g.
+#   COLLECTORS='main=/tmp/main-bin/collector;branch=bin/collector'
+# SKIP_TOP=1 leaves out the docker top loop (the seed's approach).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -16,6 +20,8 @@ WARMUP=${WARMUP:-5}
 BIN=${BIN:-bin}
 IMAGE=${IMAGE:-whalewatch-test/busybox:1}
 VARIANTS=${VARIANTS:-}
+COLLECTORS=${COLLECTORS:-}
+SKIP_TOP=${SKIP_TOP:-0}
 SOCK=${SOCK:-/var/run/docker.sock}
 NATS_PORT=${NATS_PORT:-14222}
 HTTP_PORT=${HTTP_PORT:-19101}
@@ -33,7 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for f in "$BIN/collector" "$BIN/nats-server"; do
+for f in "$BIN/nats-server"; do
 	[ -x "$f" ] || { echo "missing $f: run make build" >&2; exit 1; }
 done
 docker image inspect "$IMAGE" >/dev/null 2>&1 || {
@@ -70,8 +76,8 @@ NATS=$!
 PIDS+=("$NATS")
 
 run_collector() {
-	local name=$1; shift
-	"$BIN/collector" -nats-url "nats://127.0.0.1:$NATS_PORT" -http-addr "127.0.0.1:$HTTP_PORT" \
+	local name=$1 exe=$2; shift 2
+	"$exe" -nats-url "nats://127.0.0.1:$NATS_PORT" -http-addr "127.0.0.1:$HTTP_PORT" \
 		-host-name bench -log-level warn "$@" 2>"$TMP/collector.log" &
 	local c=$!
 	PIDS+=("$c")
@@ -88,6 +94,8 @@ run_collector() {
 	row "collector $name" "$WINDOW" "$(pct $((c1 - c0)) "$WINDOW")" "$(rss_mib "$c" VmRSS) (peak $(rss_mib "$c" VmHWM))" \
 		"$(pct $((e1 - e0)) "$WINDOW") (+$(awk -v a="$(pct $((e1 - e0)) "$WINDOW")" -v b="$BASE" 'BEGIN{printf "%.2f", a-b}'))"
 	echo "    process source: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_process_mode/ && $2==1 {print $1}')"
+	echo "    source modes: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_source_mode/ && $2==1 {printf "%s ", $1}')"
+	echo "    fanotify events: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_fanotify_events_total/ {printf "%s ", $0}')"
 	echo "    resource samples: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_resource_samples_total/ {printf "%s ", $0}')"
 	kill "$c"; wait "$c" 2>/dev/null || true
 	grep -v '^$' "$TMP/collector.log" | head -3 | sed 's/^/    log: /' || true
@@ -95,13 +103,20 @@ run_collector() {
 
 IFS=';' read -r -a VARS <<<"${VARIANTS:-}"
 [ ${#VARS[@]} -gt 0 ] || VARS=("")
-for v in "${VARS[@]}"; do
-	# shellcheck disable=SC2086
-	run_collector "${v:-(defaults)}" $v
+IFS=';' read -r -a EXES <<<"${COLLECTORS:-=$BIN/collector}"
+for x in "${EXES[@]}"; do
+	[ -x "${x#*=}" ] || { echo "missing ${x#*=}: run make build" >&2; exit 1; }
+done
+for x in "${EXES[@]}"; do
+	for v in "${VARS[@]}"; do
+		# shellcheck disable=SC2086
+		run_collector "${x%%=*} ${v:-(defaults)}" "${x#*=}" $v
+	done
 done
 
 # The seed's approach: docker top of every container once a second, here with
 # curl on the socket (the client's CPU is curl's, a Go client's would be lower).
+if [ "$SKIP_TOP" != 1 ]; then
 c0=$(ticks $$); e0=$(engine_ticks)
 end=$((SECONDS + WINDOW))
 while [ $SECONDS -lt $end ]; do
@@ -113,6 +128,7 @@ done
 c1=$(ticks $$); e1=$(engine_ticks)
 row "docker top loop, 1/s per container" "$WINDOW" "$(pct $((c1 - c0)) "$WINDOW") (curl)" - \
 	"$(pct $((e1 - e0)) "$WINDOW") (+$(awk -v a="$(pct $((e1 - e0)) "$WINDOW")" -v b="$BASE" 'BEGIN{printf "%.2f", a-b}'))"
+fi
 # The baseline again: how much the engine's load drifted meanwhile (other
 # work on the machine).
 e0=$(engine_ticks); sleep "$WINDOW"; e1=$(engine_ticks)

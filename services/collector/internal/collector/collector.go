@@ -1,19 +1,14 @@
 // Package collector watches one Docker host and publishes what happens in its
-// containers as telemetry: lifecycle events from the engine's event stream,
-// a configuration snapshot of each container it sees start, the processes
-// running in each container, and their resource usage, logs, filesystem
-// changes and sockets; and whether the Engine API is open over TCP.
-//
-// Structure: one goroutine reads the engine's event stream and owns the set
-// of running containers; each running container has a watcher, a goroutine
-// per monitor (process source, resources, logs, files, sockets) cancelled
-// when the container dies; every event goes through a bounded queue to one publisher goroutine.
+// containers as telemetry. It is the core the sources plug into: the set of
+// running containers (driven by the Docker event stream), a goroutine per
+// per-container source for each running container, one per host source, and
+// one bounded queue drained by one publisher goroutine. Which sources run is
+// chosen once, at start, in wiring.go.
 package collector
 
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -21,18 +16,18 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
-	"github.com/docker/docker/api/types/filters"
-	"github.com/docker/docker/client"
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
 	"github.com/whalewatch/whalewatch/pkg/service"
+	"github.com/whalewatch/whalewatch/services/collector/internal/executor"
+	"github.com/whalewatch/whalewatch/services/collector/internal/source"
+	"github.com/whalewatch/whalewatch/services/collector/internal/source/dockerevents"
 )
 
-// Run connects to NATS and the Docker engine and runs the collector until ctx
-// ends.
+// Run connects to NATS and the Docker engine and runs the collector and the
+// executor of response actions until ctx ends.
 func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Registry) error {
 	rt, err := service.Connect("collector", cfg.NATS, cfg.Admin, log, reg)
 	if err != nil {
@@ -49,89 +44,40 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger, reg *prometheus.Regi
 	if err != nil {
 		return err
 	}
-	responder, err := newResponder(dc, js, col.queue.pub, cfg, log, reg)
-	if err != nil {
-		return err
-	}
+	defer col.Close()
+	exec := executor.New(dc, js, col.queue.pub, cfg.Responses, col.host, cfg.NATS.Streams, log, reg)
 	rt.Admin.AddCheck("docker", col.DockerReady)
 	return rt.Serve(ctx, cfg.NATS.Streams, func(ctx context.Context, g *errgroup.Group) error {
-		g.Go(func() error { return responder.Run(ctx) })
+		g.Go(func() error { return exec.Run(ctx) })
 		return col.Run(ctx)
 	})
 }
 
-// Collector watches one Docker host. Run it once.
+// Collector watches one Docker host. Build it with New; Run it once.
 type Collector struct {
-	cfg      Config
-	host     string
-	docker   dockerAPI
-	queue    *queue
-	procs    processSource
-	monitors []monitor
-	m        *metrics
-	log      *slog.Logger
-	now      func() time.Time
+	cfg    Config
+	host   string
+	docker dockerAPI
+	queue  *queue
+	m      *metrics
+	log    *slog.Logger
+	now    func() time.Time
+	modes  modes // what wiring chose, for the log
 
-	// hostMonitors run one goroutine each for the whole host (procconn.go).
-	hostMonitors []hostMonitor
+	events       *dockerevents.Stream
+	perContainer []source.PerContainer // each run for every monitored running container
+	hostSources  []source.Host         // each run once for the host
+	closers      []func() error        // released by Close
 
 	mu    sync.RWMutex
-	cache map[string]*containerInfo // by full container id: inspected, running or recently started
+	cache map[string]*source.Container // by full container id: inspected, running or recently started
 
 	// Owned by the event loop goroutine.
 	watchers map[string]context.CancelFunc
-	wg       sync.WaitGroup // every monitor goroutine
+	wg       sync.WaitGroup // every source goroutine
 
 	synced     chan struct{} // closed after the first reconciliation with the engine
 	syncedOnce sync.Once
-}
-
-// New returns a collector that reads the engine through docker and publishes
-// on js. It registers its metrics on reg.
-func New(docker *client.Client, js bus.Publisher, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Collector, error) {
-	c, err := newCollector(newDockerAPI(docker), bus.NewEventPublisher(js, reg), cfg, log, reg)
-	if err != nil {
-		return nil, err
-	}
-	if err := c.selectProcessSource(reg, openProcConnector); err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
-func newCollector(docker dockerAPI, pub eventPublisher, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Collector, error) {
-	host, err := cfg.hostName()
-	if err != nil {
-		return nil, err
-	}
-	c := &Collector{
-		cfg:      cfg,
-		host:     host,
-		docker:   docker,
-		log:      log,
-		now:      time.Now,
-		cache:    map[string]*containerInfo{},
-		watchers: map[string]context.CancelFunc{},
-		synced:   make(chan struct{}),
-	}
-	c.m = newMetrics(reg, func() float64 { return float64(len(c.queue.ch)) })
-	c.queue = newQueue(cfg.QueueSize, pub, c.m, log)
-	c.procs = &topPoller{
-		docker:   c.docker,
-		host:     host,
-		interval: cfg.ProcessPollInterval,
-		log:      log,
-		errors:   c.m.dockerErrors.WithLabelValues("top"),
-		now:      time.Now,
-	}
-	c.monitors = []monitor{c.procs}
-	mons, exposure := c.telemetryMonitors(reg) // monitors.go
-	c.monitors = append(c.monitors, mons...)
-	if exposure != nil {
-		c.hostMonitors = append(c.hostMonitors, exposure)
-	}
-	c.m.processMode.WithLabelValues(c.procs.Mode()).Set(1)
-	return c, nil
 }
 
 // DockerReady is a readiness check: the engine answers.
@@ -142,11 +88,11 @@ func (c *Collector) DockerReady(ctx context.Context) error {
 	return nil
 }
 
-// Run watches the engine until ctx ends. Then it stops the watchers and
+// Run watches the engine until ctx ends. Then it stops the sources and
 // publishes what is queued for at most the shutdown timeout.
 func (c *Collector) Run(ctx context.Context) error {
-	c.log.Info("collector starting", "host", c.host, "process_mode", c.procs.Mode(),
-		"process_poll_interval", c.cfg.ProcessPollInterval, "queue_size", c.cfg.QueueSize)
+	c.log.Info("collector starting", "host", c.host, "process_mode", c.modes.process, "file_mode", c.modes.file,
+		"network_mode", c.modes.network, "log_mode", c.modes.logs, "queue_size", c.cfg.QueueSize)
 
 	pubCtx, cancelPub := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelPub()
@@ -157,15 +103,15 @@ func (c *Collector) Run(ctx context.Context) error {
 		defer close(published)
 		c.queue.run(pubCtx)
 	}()
-	for _, hm := range c.hostMonitors {
+	for _, hs := range c.hostSources {
 		c.wg.Go(func() {
-			if err := hm.Run(ctx, c.queue.enqueue); err != nil && ctx.Err() == nil {
-				c.log.Error("host monitor stopped", "err", err)
+			if err := hs.Run(ctx, c.queue.enqueue); err != nil && ctx.Err() == nil {
+				c.log.Error("host source stopped", "source", fmt.Sprintf("%T", hs), "err", err)
 			}
 		})
 	}
 
-	c.watchEvents(ctx)
+	_ = c.events.Run(ctx, handler{c})
 
 	for id := range c.watchers {
 		c.stopWatch(id)
@@ -177,89 +123,29 @@ func (c *Collector) Run(ctx context.Context) error {
 	return nil
 }
 
-const (
-	minBackoff = 500 * time.Millisecond
-	maxBackoff = 30 * time.Second
-	// callTimeout bounds one Docker API call, so that a stuck engine cannot
-	// stall the event loop or a watcher for ever.
-	callTimeout = 10 * time.Second
-)
-
-// watchEvents follows the engine's event stream until ctx ends. After an
-// error it reconnects from the time of the last event it read (the engine
-// replays from its buffer; replayed events keep their ids, so JetStream
-// stores them once) and re-lists the running containers, so that nothing
-// started or stopped meanwhile is missed. The first subscription asks for no
-// replay: the listing that follows it covers the past, and the collector's
-// clock is never compared with a remote engine's.
-func (c *Collector) watchEvents(ctx context.Context) {
-	var since time.Time // engine time of the last event read
-	delay := minBackoff
-	for {
-		began := c.now()
-		err := c.streamOnce(ctx, &since)
-		if ctx.Err() != nil {
-			return
+// Close releases what the sources hold (the kernel sensor's programs, the
+// inotify instance). Call it after Run returned.
+func (c *Collector) Close() error {
+	var first error
+	for _, f := range c.closers {
+		if err := f(); err != nil && first == nil {
+			first = err
 		}
-		if since.IsZero() {
-			since = began // no event read yet: replay from when the stream opened
-		}
-		c.m.dockerErrors.WithLabelValues("events").Inc()
-		if c.now().Sub(began) > time.Minute {
-			delay = minBackoff
-		}
-		c.log.Warn("docker event stream failed, reconnecting", "err", err, "since", since, "backoff", delay)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, maxBackoff)
-		c.m.reconnects.Inc()
 	}
+	return first
 }
 
-// streamOnce subscribes, reconciles the running containers, then handles
-// events until the stream fails or ctx ends, advancing since. It subscribes
-// first, so a container that starts while the list is read is seen either way.
-func (c *Collector) streamOnce(ctx context.Context, since *time.Time) error {
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	opts := events.ListOptions{Filters: filters.NewArgs(
-		filters.Arg("type", string(events.ContainerEventType)),
-		filters.Arg("type", string(events.ImageEventType)),
-		filters.Arg("type", string(events.NetworkEventType)),
-	)}
-	if !since.IsZero() {
-		opts.Since = fmt.Sprintf("%d.%09d", since.Unix(), since.Nanosecond())
-	}
-	msgs, errs := c.docker.Events(sctx, opts)
-	if err := c.resync(ctx); err != nil {
-		return err
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case err := <-errs:
-			if err == nil {
-				err = io.EOF
-			}
-			return err
-		case m := <-msgs:
-			c.handle(ctx, m)
-			if t := eventTime(m); t.After(*since) {
-				*since = t
-			}
-		}
-	}
-}
+// handler is the collector as the event stream's dockerevents.Handler.
+type handler struct{ c *Collector }
+
+func (h handler) Resync(ctx context.Context) error             { return h.c.resync(ctx) }
+func (h handler) Handle(ctx context.Context, m events.Message) { h.c.handle(ctx, m) }
 
 // resync makes the watched set match the running containers: a new one is
 // inspected, its configuration published and its watcher started; a watched
 // one that no longer runs is let go.
 func (c *Collector) resync(ctx context.Context) error {
-	lctx, cancel := context.WithTimeout(ctx, callTimeout)
+	lctx, cancel := context.WithTimeout(ctx, source.CallTimeout)
 	defer cancel()
 	list, err := c.docker.ContainerList(lctx, container.ListOptions{})
 	if err != nil {
@@ -274,7 +160,7 @@ func (c *Collector) resync(ctx context.Context) error {
 			continue
 		}
 		if info := c.inspect(ctx, s.ID); info != nil {
-			c.queue.enqueue(configEvent(c.host, info, now, now))
+			c.queue.enqueue(source.ConfigEvent(c.host, info, now, now))
 			c.startWatch(ctx, info)
 		}
 	}
@@ -298,23 +184,23 @@ func (c *Collector) handle(ctx context.Context, m events.Message) {
 		if id := m.Actor.Attributes["container"]; id != "" {
 			ctr = c.containerFields(id, nil)
 		}
-		c.queue.enqueue(lifecycleEvent(c.host, m, ctr, now))
+		c.queue.enqueue(dockerevents.LifecycleEvent(c.host, m, ctr, now))
 	case events.ImageEventType:
-		c.queue.enqueue(lifecycleEvent(c.host, m, nil, now))
+		c.queue.enqueue(dockerevents.LifecycleEvent(c.host, m, nil, now))
 	}
 }
 
 func (c *Collector) handleContainer(ctx context.Context, m events.Message, now time.Time) {
 	id := m.Actor.ID
-	verb, detail := splitAction(string(m.Action))
-	var info *containerInfo
+	verb, detail := dockerevents.SplitAction(string(m.Action))
+	var info *source.Container
 	switch verb {
 	case "top":
 		return // the docker-top process source causes one per poll
 	case "create", "start", "update", "rename":
 		info = c.inspect(ctx, id)
 	}
-	e := lifecycleEvent(c.host, m, c.containerFields(id, m.Actor.Attributes), now)
+	e := dockerevents.LifecycleEvent(c.host, m, c.containerFields(id, m.Actor.Attributes), now)
 	if strings.HasPrefix(verb, "exec_") {
 		c.addExecProcess(ctx, e, verb, detail, m.Actor)
 	}
@@ -323,7 +209,7 @@ func (c *Collector) handleContainer(ctx context.Context, m events.Message, now t
 	switch verb {
 	case "start":
 		if info != nil {
-			c.queue.enqueue(configEvent(c.host, info, eventTime(m), now))
+			c.queue.enqueue(source.ConfigEvent(c.host, info, dockerevents.EventTime(m), now))
 			if info.Running { // not so for a replayed start of a container stopped since
 				c.startWatch(ctx, info)
 			}
@@ -332,7 +218,7 @@ func (c *Collector) handleContainer(ctx context.Context, m events.Message, now t
 		// At create, so that a container that is never started (or cannot
 		// start, like a privileged one on a locked-down host) is still judged.
 		if info != nil {
-			c.queue.enqueue(configEvent(c.host, info, eventTime(m), now))
+			c.queue.enqueue(source.ConfigEvent(c.host, info, dockerevents.EventTime(m), now))
 		}
 	case "die", "destroy":
 		c.stopWatch(id)
@@ -344,9 +230,9 @@ func (c *Collector) handleContainer(ctx context.Context, m events.Message, now t
 // engine's exec record gives the exact argv, user and pid; the command in the
 // event's action is the fallback.
 func (c *Collector) addExecProcess(ctx context.Context, e *event.Event, verb, detail string, actor events.Actor) {
-	var ex *execDetails
+	var ex *dockerevents.ExecDetails
 	if execID := actor.Attributes["execID"]; verb == "exec_start" && execID != "" {
-		ictx, cancel := context.WithTimeout(ctx, callTimeout)
+		ictx, cancel := context.WithTimeout(ctx, source.CallTimeout)
 		d, err := c.docker.ExecInspect(ictx, execID)
 		cancel()
 		switch {
@@ -361,7 +247,7 @@ func (c *Collector) addExecProcess(ctx context.Context, e *event.Event, verb, de
 	if info := c.cached(actor.ID); info != nil {
 		userSpec, known = info.User, true
 	}
-	p := execProcess(detail, ex, userSpec)
+	p := dockerevents.ExecProcess(detail, ex, userSpec)
 	if ex != nil && ex.ProcessConfig != nil && ex.ProcessConfig.User == "" && !known {
 		p.User = nil // the container's user is unknown, so is the exec's
 	}
@@ -376,8 +262,8 @@ func (c *Collector) addExecProcess(ctx context.Context, e *event.Event, verb, de
 
 // inspect reads a container and caches what the collector keeps of it; nil
 // when the container is gone.
-func (c *Collector) inspect(ctx context.Context, id string) *containerInfo {
-	ictx, cancel := context.WithTimeout(ctx, callTimeout)
+func (c *Collector) inspect(ctx context.Context, id string) *source.Container {
+	ictx, cancel := context.WithTimeout(ctx, source.CallTimeout)
 	defer cancel()
 	resp, err := c.docker.ContainerInspect(ictx, id)
 	if err != nil {
@@ -387,7 +273,7 @@ func (c *Collector) inspect(ctx context.Context, id string) *containerInfo {
 		}
 		return nil
 	}
-	info := infoFromInspect(resp)
+	info := source.FromInspect(resp)
 	if info.ID == "" {
 		return nil
 	}
@@ -397,10 +283,28 @@ func (c *Collector) inspect(ctx context.Context, id string) *containerInfo {
 	return info
 }
 
-func (c *Collector) cached(id string) *containerInfo {
+func (c *Collector) cached(id string) *source.Container {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
 	return c.cache[id]
+}
+
+// cache is the collector's container cache as the host sources see it
+// (source.Containers, and the kernel sensor's sensor.Containers).
+type cache struct{ c *Collector }
+
+// Lookup implements source.Containers.
+func (k cache) Lookup(id string) (*source.Container, bool) {
+	ci := k.c.cached(id)
+	return ci, ci != nil
+}
+
+// Container implements sensor.Containers.
+func (k cache) Container(id string) (event.Container, bool) {
+	if ci := k.c.cached(id); ci != nil {
+		return *ci.ECS(), true
+	}
+	return event.Container{}, false
 }
 
 func (c *Collector) forget(id string) {
@@ -413,16 +317,16 @@ func (c *Collector) forget(id string) {
 // from the event's attributes, else the id alone.
 func (c *Collector) containerFields(id string, attrs map[string]string) *event.Container {
 	if info := c.cached(id); info != nil {
-		return info.ecs()
+		return info.ECS()
 	}
 	if attrs != nil {
-		return containerFromAttributes(id, attrs)
+		return dockerevents.ContainerFromAttributes(id, attrs)
 	}
 	return &event.Container{ID: id}
 }
 
 // startWatch starts the watcher of a running container unless it runs.
-func (c *Collector) startWatch(ctx context.Context, info *containerInfo) {
+func (c *Collector) startWatch(ctx context.Context, info *source.Container) {
 	if _, ok := c.watchers[info.ID]; ok {
 		return
 	}
@@ -431,18 +335,20 @@ func (c *Collector) startWatch(ctx context.Context, info *containerInfo) {
 	c.m.watched.Set(float64(len(c.watchers)))
 	emit := func(e *event.Event) {
 		if cur := c.cached(info.ID); cur != nil {
-			e.Container = cur.ecs() // current name after a rename
+			e.Container = cur.ECS() // current name after a rename
 		} else {
-			e.Container = info.ecs()
+			e.Container = info.ECS()
 		}
 		c.queue.enqueue(e)
 	}
-	for _, mon := range c.monitors {
-		c.wg.Go(func() {
-			if err := mon.Monitor(wctx, info, emit); err != nil && wctx.Err() == nil {
-				c.log.Warn("container monitor stopped", "container_id", info.ID, "err", err)
-			}
-		})
+	if c.cfg.monitored(info.Labels) {
+		for _, src := range c.perContainer {
+			c.wg.Go(func() {
+				if err := src.Monitor(wctx, info, emit); err != nil && wctx.Err() == nil {
+					c.log.Warn("container source stopped", "container_id", info.ID, "source", fmt.Sprintf("%T", src), "err", err)
+				}
+			})
+		}
 	}
 	c.log.Debug("watching container", "container_id", info.ID, "name", info.Name)
 }

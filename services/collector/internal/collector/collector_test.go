@@ -3,11 +3,14 @@ package collector
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +25,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/flagenv"
+	"github.com/whalewatch/whalewatch/services/collector/internal/sensor"
+	"github.com/whalewatch/whalewatch/services/collector/internal/source/dockerevents"
 )
 
 // fakeDocker is an engine whose event stream the test drives: every Events
@@ -73,8 +78,8 @@ func (f *fakeDocker) ContainerTop(context.Context, string, []string) (container.
 	return container.TopResponse{}, nil
 }
 
-func (f *fakeDocker) ExecInspect(context.Context, string) (execDetails, error) {
-	return execDetails{}, errors.New("gone")
+func (f *fakeDocker) ExecInspect(context.Context, string) (dockerevents.ExecDetails, error) {
+	return dockerevents.ExecDetails{}, errors.New("gone")
 }
 
 func testConfig(t *testing.T) Config {
@@ -85,11 +90,32 @@ func testConfig(t *testing.T) Config {
 	require.NoError(t, fs.Parse(nil))
 	cfg.HostName = "h"
 	cfg.Admin.ShutdownTimeout = 5 * time.Second
-	// The telemetry monitors (monitors.go) are off: fakes have no /proc of
-	// their own, and on the real engine every test's collector would sample
-	// every container. monitor_integration_test.go turns them on.
-	cfg.ResourceInterval, cfg.DiffInterval, cfg.SocketInterval, cfg.ExposureInterval, cfg.Logs = 0, 0, 0, 0, false
+	// The telemetry sources are off: fakes have no /proc of their own, and
+	// on the real engine every test's collector would sample every
+	// container. monitor_integration_test.go turns them on.
+	cfg.Resources.Interval, cfg.Files.Interval, cfg.Sockets.Interval, cfg.Exposure.Interval, cfg.Logs.Enabled = 0, 0, 0, 0, false
 	return cfg
+}
+
+// loadInspect reads a recorded inspect answer of the source package.
+func loadInspect(t testing.TB, name string) container.InspectResponse {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "source", "testdata", name))
+	require.NoError(t, err)
+	var in container.InspectResponse
+	require.NoError(t, json.Unmarshal(b, &in))
+	return in
+}
+
+// noCaps is a host where neither the kernel sensor nor the process
+// connector works.
+func noCaps() capabilities {
+	return capabilities{
+		openSensor: func(sensor.Config, string, sensor.Containers, *slog.Logger, prometheus.Registerer) (kernelSensor, error) {
+			return nil, fmt.Errorf("test: %w", sensor.ErrUnsupported)
+		},
+		procConnector: func() error { return errors.New("test: operation not permitted") },
+	}
 }
 
 func TestReconnectResumesFromLastEventAndResyncs(t *testing.T) {
@@ -101,7 +127,7 @@ func TestReconnectResumesFromLastEventAndResyncs(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.ProcessPollInterval = time.Hour
 	reg := prometheus.NewRegistry()
-	c, err := newCollector(f, pub, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
+	c, err := build(f, pub, cfg, noCaps(), slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error)

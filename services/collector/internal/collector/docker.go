@@ -14,6 +14,8 @@ import (
 	"github.com/docker/docker/api/types/container"
 	"github.com/docker/docker/api/types/events"
 	"github.com/docker/docker/client"
+
+	"github.com/whalewatch/whalewatch/services/collector/internal/source/dockerevents"
 )
 
 // NewDockerClient returns a Docker client for host (empty: the Docker
@@ -39,25 +41,7 @@ type dockerAPI interface {
 	ContainerInspect(ctx context.Context, id string) (container.InspectResponse, error)
 	ContainerTop(ctx context.Context, id string, arguments []string) (container.TopResponse, error)
 	// ExecInspect returns an exec instance with its process configuration.
-	ExecInspect(ctx context.Context, execID string) (execDetails, error)
-}
-
-// execDetails is the engine's answer to GET /exec/{id}/json.
-type execDetails struct {
-	ID            string
-	ContainerID   string
-	Running       bool
-	Pid           int // in the host's PID namespace; 0 once the exec ended
-	ProcessConfig *execProcessConfig
-}
-
-// execProcessConfig is what the exec runs: argv is Entrypoint + Arguments.
-type execProcessConfig struct {
-	Tty        bool     `json:"tty"`
-	Entrypoint string   `json:"entrypoint"`
-	Arguments  []string `json:"arguments"`
-	Privileged *bool    `json:"privileged"`
-	User       string   `json:"user"` // as given to docker exec -u; empty: the container's
+	ExecInspect(ctx context.Context, execID string) (dockerevents.ExecDetails, error)
 }
 
 // dockerClient adds ExecInspect to the Docker client. The client's own
@@ -77,8 +61,8 @@ func newDockerAPI(c *client.Client) *dockerClient {
 // maxExecInspect bounds the answer read; argv is at most a few hundred KiB.
 const maxExecInspect = 4 << 20
 
-func (d *dockerClient) ExecInspect(ctx context.Context, execID string) (execDetails, error) {
-	var out execDetails
+func (d *dockerClient) ExecInspect(ctx context.Context, execID string) (dockerevents.ExecDetails, error) {
+	var out dockerevents.ExecDetails
 	u, err := client.ParseHostURL(d.DaemonHost())
 	if err != nil {
 		return out, err

@@ -15,6 +15,7 @@ type metrics struct {
 	reconnects     prometheus.Counter
 	watched        prometheus.Gauge
 	processMode    *prometheus.GaugeVec
+	sourceMode     *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, queueLen func() float64) *metrics {
@@ -37,7 +38,7 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) *metrics {
 		}),
 		dockerErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "whalewatch_collector_docker_errors_total",
-			Help: "Failed Docker API calls, by operation (events, list, inspect, exec_inspect, top).",
+			Help: "Failed Docker API calls, by operation (events, list, inspect, exec_inspect, top, stats, logs, diff).",
 		}, []string{"op"}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "whalewatch_collector_docker_event_reconnects_total",
@@ -49,13 +50,17 @@ func newMetrics(reg prometheus.Registerer, queueLen func() float64) *metrics {
 		}),
 		processMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "whalewatch_collector_process_mode",
-			Help: "The process source in use (1 for the running mode).",
+			Help: "The process source in use (1 for the running mode); whalewatch_collector_source_mode has every kind.",
 		}, []string{"mode"}),
+		sourceMode: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "whalewatch_collector_source_mode",
+			Help: "The source chosen at start for each kind of telemetry (process, file, network, log), 1 for the mode in use: ebpf, proc-connector, fanotify, docker-top, docker-diff, proc-net, file, engine-api, off.",
+		}, []string{"kind", "mode"}),
 	}
 	queue := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "whalewatch_collector_queue_length",
 		Help: "Events waiting to be published.",
 	}, queueLen)
-	reg.MustRegister(m.events, m.dropped, m.truncated, m.publishRetries, m.dockerErrors, m.reconnects, m.watched, m.processMode, queue)
+	reg.MustRegister(m.events, m.dropped, m.truncated, m.publishRetries, m.dockerErrors, m.reconnects, m.watched, m.processMode, m.sourceMode, queue)
 	return m
 }

@@ -1,11 +1,13 @@
 package collector
 
 import (
+	"fmt"
 	"os"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
@@ -21,13 +23,14 @@ import (
 
 func fast(t *testing.T) func(*Config) {
 	return func(cfg *Config) {
-		cfg.ResourceInterval = 300 * time.Millisecond
-		cfg.Logs = true
-		cfg.LogBatchInterval = 100 * time.Millisecond
-		cfg.DiffInterval = 300 * time.Millisecond
-		cfg.SocketInterval = 200 * time.Millisecond
+		cfg.Resources.Interval = 300 * time.Millisecond
+		cfg.Resources.FastInterval = 300 * time.Millisecond
+		cfg.Logs.Enabled = true
+		cfg.Logs.BatchInterval = 100 * time.Millisecond
+		cfg.Files.Interval = 300 * time.Millisecond
+		cfg.Sockets.Interval = 200 * time.Millisecond
 		cfg.ProcessPollInterval = time.Hour // one docker top per container: the engine may run many
-		cfg.monitorFilter = func(ci *containerInfo) bool { return ci.Labels[dockertest.LabelTest] == t.Name() }
+		cfg.MonitorLabel = dockertest.LabelTest + "=" + t.Name()
 	}
 }
 
@@ -68,9 +71,9 @@ func TestIntegrationResourceBusyLoop(t *testing.T) {
 	require.GreaterOrEqual(t, r.PIDs, int64(1))
 	require.Positive(t, r.IntervalSeconds)
 	if os.Geteuid() == 0 { // the host's cgroup and /proc files are readable: the default source
-		require.Equal(t, map[string]float64{sourceCgroup: sourceCounts(t, h.reg)[sourceCgroup]}, sourceCounts(t, h.reg),
+		require.Equal(t, map[string]float64{"cgroup": counts(t, h.reg, "whalewatch_collector_resource_samples_total")["cgroup"]}, counts(t, h.reg, "whalewatch_collector_resource_samples_total"),
 			"every sample from cgroup files")
-		require.Positive(t, sourceCounts(t, h.reg)[sourceCgroup])
+		require.Positive(t, counts(t, h.reg, "whalewatch_collector_resource_samples_total")["cgroup"])
 	}
 }
 
@@ -88,6 +91,45 @@ func TestIntegrationLogsBothStreams(t *testing.T) {
 	require.Equal(t, []string{"hello"}, out.e.Whalewatch.Log.Lines, "no timestamp prefix left")
 	require.WithinDuration(t, time.Now(), out.e.Timestamp, time.Minute, "@timestamp is when it was logged")
 	h.wait(t, "stderr batch", and(of(id, event.TelemetryLog), line("stderr", "err")))
+}
+
+// Logs of a json-file container are read from its file on disk, through
+// rotations (max-size 1k: a rotation every ~15 lines), each line once and in
+// order; the Engine API is not asked.
+func TestIntegrationLogsFromFileThroughRotation(t *testing.T) {
+	t.Parallel()
+	const n = 150
+	h := startCollector(t, fast(t), func(c *Config) { c.Logs.Source = "file" })
+	// The container prints once the collector follows its file (then each
+	// rotation must be followed as it happens).
+	id := dockertest.Run(t, []string{"--log-opt", "max-size=1k", "--log-opt", "max-file=3"}, "sh", "-c",
+		"while [ ! -e /tmp/go ]; do usleep 20000; done; i=0; while [ $i -lt 150 ]; do echo line-$i-padding-padding-padding-padding; i=$((i+1)); usleep 20000; done; sleep 300")
+	natstest.Eventually(t, waitFor, func() bool {
+		return counts(t, h.reg, "whalewatch_collector_log_readers_total")["file"] == 1
+	}, "the collector does not follow the container's log file")
+	dockertest.Docker(t, "exec", id, "touch", "/tmp/go")
+	seen := func() []string {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		var lines []string
+		for _, s := range h.got {
+			if s.e.Container != nil && s.e.Container.ID == id && s.e.Whalewatch.Log != nil {
+				lines = append(lines, s.e.Whalewatch.Log.Lines...)
+			}
+		}
+		return lines
+	}
+	natstest.Eventually(t, waitFor, func() bool { return len(seen()) >= n }, "lines: %v", lazyString(func() string {
+		return fmt.Sprint(len(seen()))
+	}))
+	var want []string
+	for i := range n {
+		want = append(want, fmt.Sprintf("line-%d-padding-padding-padding-padding", i))
+	}
+	require.Equal(t, want, seen(), "every line once, in order")
+	readers := counts(t, h.reg, "whalewatch_collector_log_readers_total")
+	require.Equal(t, 1.0, readers["file"])
+	require.Zero(t, readers["engine-api"], "the Engine API stream is not used")
 }
 
 func TestIntegrationFileDropper(t *testing.T) {
@@ -133,7 +175,7 @@ func TestIntegrationSocketsListenAndConnect(t *testing.T) {
 // lines still arrive.
 func TestIntegrationNoisyLogsDoNotStarveOthers(t *testing.T) {
 	t.Parallel()
-	h := startCollector(t, fast(t), func(c *Config) { c.LogMaxLinesPerSecond = 200 })
+	h := startCollector(t, fast(t), func(c *Config) { c.Logs.MaxLinesPerSecond = 200 })
 	noisy := dockertest.Run(t, []string{"--log-opt", "max-size=5m", "--log-opt", "max-file=2"},
 		"sh", "-c", "yes | head -n 200000; sleep 300")
 	h.wait(t, "rate-limited batch of the noisy container", and(of(noisy, event.TelemetryLog), func(e *event.Event) bool {
@@ -164,4 +206,25 @@ func TestIntegrationNoisyLogsDoNotStarveOthers(t *testing.T) {
 		}
 	}
 	require.Less(t, published, 200000, "most of the flood was dropped, not published")
+}
+
+// counts is a counter vector of reg by its (first) label's value.
+func counts(t *testing.T, reg prometheus.Gatherer, name string) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			k := ""
+			if l := m.GetLabel(); len(l) > 0 {
+				k = l[0].GetValue()
+			}
+			got[k] = m.GetCounter().GetValue()
+		}
+	}
+	return got
 }

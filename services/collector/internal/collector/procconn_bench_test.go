@@ -15,7 +15,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
 
@@ -57,7 +56,7 @@ func subscribeExecs(t *testing.T, nc *nats.Conn, host, ctr string) *execSink {
 	return s
 }
 
-func startBenchCollector(t *testing.T, nc *nats.Conn, host, mode string) *Collector {
+func startBenchCollector(t *testing.T, nc *nats.Conn, host, mode string) *prometheus.Registry {
 	t.Helper()
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
@@ -68,7 +67,8 @@ func startBenchCollector(t *testing.T, nc *nats.Conn, host, mode string) *Collec
 	dc, err := NewDockerClient("")
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = dc.Close() })
-	c, err := New(dc, js, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+	reg := prometheus.NewRegistry()
+	c, err := New(dc, js, cfg, slog.New(slog.NewTextHandler(io.Discard, nil)), reg)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -79,7 +79,7 @@ func startBenchCollector(t *testing.T, nc *nats.Conn, host, mode string) *Collec
 	case <-time.After(waitFor):
 		t.Fatal("collector did not start")
 	}
-	return c
+	return reg
 }
 
 func loadAvg() string {
@@ -114,7 +114,7 @@ func TestExecCaptureBenchmark(t *testing.T) {
 	conn := startBenchCollector(t, nc, hostConn, ModeProcConnector)
 	startBenchCollector(t, nc, hostTop, ModeDockerTop)
 	id := dockertest.Run(t, nil, "sleep", "3600")
-	pc := conn.hostMonitors[0].(*procConnector)
+	pc := conn
 
 	for _, phase := range []struct {
 		name   string
@@ -177,18 +177,38 @@ func TestExecCaptureBenchmark(t *testing.T) {
 		t.Logf("%s: %d processes in %v (load %s → %s): proc-connector published %d with full attribution (%.1f%%; attribution full +%.0f partial +%.0f), docker-top@500ms %d (%.1f%%; %d process events in all); exec→NATS latency p50 %v p99 %v max %v; exec→queue (all phases so far) %s",
 			phase.name, phase.n, took.Round(time.Millisecond), load0, loadAvg(),
 			nConn, 100*float64(nConn)/float64(phase.n), attrCount(pc, "full")-full0, attrCount(pc, "partial")-partial0,
-			nTop, 100*float64(nTop)/float64(phase.n), topAll, q(0.5), q(0.99), q(1), histogramShares(t, pc.m.latency))
+			nTop, 100*float64(nTop)/float64(phase.n), topAll, q(0.5), q(0.99), q(1), histogramShares(t, pc))
 	}
 }
 
-func attrCount(pc *procConnector, result string) float64 {
-	return testutil.ToFloat64(pc.m.attribution.WithLabelValues(result))
+// attrCount is whalewatch_collector_exec_attribution_total{result}.
+func attrCount(reg *prometheus.Registry, result string) float64 {
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != "whalewatch_collector_exec_attribution_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == result {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
 }
 
-// histogramShares formats the share of observations under a few bounds.
-func histogramShares(t *testing.T, h prometheus.Histogram) string {
-	var m dto.Metric
-	require.NoError(t, h.Write(&m))
+// histogramShares formats the share of exec→queue latencies
+// (whalewatch_collector_exec_queue_latency_seconds) under a few bounds.
+func histogramShares(t *testing.T, reg *prometheus.Registry) string {
+	var m *dto.Metric
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() == "whalewatch_collector_exec_queue_latency_seconds" {
+			m = mf.GetMetric()[0]
+		}
+	}
+	require.NotNil(t, m)
 	total := float64(m.GetHistogram().GetSampleCount())
 	var parts []string
 	for _, b := range m.GetHistogram().GetBucket() {

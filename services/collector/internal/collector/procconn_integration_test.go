@@ -7,11 +7,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
 	"github.com/whalewatch/whalewatch/pkg/subject"
+	"github.com/whalewatch/whalewatch/services/collector/internal/source/procconn"
 	"github.com/whalewatch/whalewatch/testkit/dockertest"
 	"github.com/whalewatch/whalewatch/testkit/natstest"
 )
@@ -24,14 +24,12 @@ func requireProcConnector(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the process connector needs root")
 	}
-	s, err := openProcConnector()
-	if err != nil {
+	if err := procconn.Probe(); err != nil {
 		if os.Getenv(dockertest.RequireEnv) == "1" {
 			t.Fatalf("process connector unavailable as root and %s=1: %v", dockertest.RequireEnv, err)
 		}
 		t.Skipf("process connector unavailable: %v", err)
 	}
-	_ = s.Close()
 }
 
 func withProcConnector(c *Config) { c.ProcessSource = ModeProcConnector }
@@ -48,7 +46,7 @@ func TestIntegrationProcConnectorShortLivedExecs(t *testing.T) {
 	t.Parallel()
 	requireProcConnector(t)
 	h := startCollector(t, withProcConnector)
-	require.Equal(t, ModeProcConnector, h.c.procs.Mode())
+	require.Equal(t, ModeProcConnector, h.c.modes.process)
 	id := dockertest.Run(t, []string{"--label", "app=burst"}, "sleep", "300")
 	name := strings.TrimPrefix(dockertest.Docker(t, "inspect", "-f", "{{.Name}}", id), "/")
 
@@ -101,12 +99,11 @@ func TestIntegrationProcConnectorShortLivedExecs(t *testing.T) {
 		}
 		natstest.Eventually(t, waitFor, func() bool { return len(missing()) == 0 }, "short-lived execs not published with full attribution: %v",
 			lazyString(func() string {
-				pc := h.c.hostMonitors[0].(*procConnector)
 				m := missing()
 				slices.Sort(m)
-				return fmt.Sprintf("%d missing %v; attribution full=%v partial=%v none=%v, lost=%v", len(m), m[:min(len(m), 10)],
-					testutil.ToFloat64(pc.m.attribution.WithLabelValues("full")), testutil.ToFloat64(pc.m.attribution.WithLabelValues("partial")),
-					testutil.ToFloat64(pc.m.attribution.WithLabelValues("none")), testutil.ToFloat64(pc.m.lost))
+				return fmt.Sprintf("%d missing %v; attribution %v, lost %v", len(m), m[:min(len(m), 10)],
+					counts(t, h.reg, "whalewatch_collector_exec_attribution_total"),
+					counts(t, h.reg, "whalewatch_collector_proc_events_lost_total"))
 			}))
 	}
 }

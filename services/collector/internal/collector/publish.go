@@ -8,6 +8,7 @@ import (
 
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/retry"
 	"github.com/whalewatch/whalewatch/pkg/subject"
 )
 
@@ -81,28 +82,19 @@ func (q *queue) run(ctx context.Context) {
 // publish retries with backoff until JetStream stores e or ctx ends. The
 // event keeps its id across retries, so a retry after a lost ack is stored once.
 func (q *queue) publish(ctx context.Context, e *event.Event) error {
-	delay := 100 * time.Millisecond
 	subj := subject.ForTelemetry(e)
-	for {
-		err := q.pub.Publish(ctx, subj, e)
-		if err == nil {
-			return nil
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	return publishBackoff.Do(ctx, func(ctx context.Context) error {
+		return q.pub.Publish(ctx, subj, e)
+	}, func(err error, _ time.Duration) {
 		q.m.publishRetries.Inc()
 		q.failLog.do(func(held int) {
 			q.log.Warn("publishing failed, retrying", "subject", subj, "err", err, "failures_since_last_log", held+1)
 		})
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(delay):
-		}
-		delay = min(delay*2, 5*time.Second)
-	}
+	})
 }
+
+// publishBackoff spaces the retries of one publish.
+var publishBackoff = retry.Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}
 
 // sometimes runs f at most once per period and tells it how many calls it
 // held back since, so a flood produces one log line per period.

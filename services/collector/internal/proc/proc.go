@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"errors"
 	"strconv"
+	"strings"
 )
 
 // Limits of what is read and kept.
@@ -156,4 +157,24 @@ func ParseBootTime(b []byte) (int64, error) {
 		}
 	}
 	return 0, errBootTime
+}
+
+// StdioKind classifies the target of a /proc/<pid>/fd/N link: "socket",
+// "pipe", "tty" (a terminal: /dev/pts/*, /dev/tty*, /dev/console), "null",
+// "file" (any other path) or "other" (anon inodes and the like). A shell
+// whose stdin is a socket is served to the network, whatever it is called.
+func StdioKind(link string) string {
+	switch {
+	case strings.HasPrefix(link, "socket:["):
+		return "socket"
+	case strings.HasPrefix(link, "pipe:["):
+		return "pipe"
+	case link == "/dev/null":
+		return "null"
+	case strings.HasPrefix(link, "/dev/pts/"), strings.HasPrefix(link, "/dev/tty"), link == "/dev/console", link == "/dev/ptmx":
+		return "tty"
+	case strings.HasPrefix(link, "/"):
+		return "file"
+	}
+	return "other"
 }

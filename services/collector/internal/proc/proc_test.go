@@ -155,3 +155,22 @@ func FuzzParseCmdline(f *testing.F) {
 		_ = utf8.ValidString(strings.Join(args, " ")) // any bytes are accepted
 	})
 }
+
+func TestStdioKind(t *testing.T) {
+	t.Parallel()
+	for link, want := range map[string]string{
+		"socket:[12345]":       "socket",
+		"pipe:[999]":           "pipe",
+		"/dev/pts/3":           "tty",
+		"/dev/tty1":            "tty",
+		"/dev/console":         "tty",
+		"/dev/null":            "null",
+		"/var/log/app.log":     "file",
+		"anon_inode:[eventfd]": "other",
+		"":                     "other",
+	} {
+		if got := StdioKind(link); got != want {
+			t.Errorf("StdioKind(%q) = %q, want %q", link, got, want)
+		}
+	}
+}

@@ -22,6 +22,7 @@ type Exec struct {
 	StatOK        bool
 	Status        Status
 	StatusOK      bool
+	Stdio         [3]string
 }
 
 func (r *Reader) ContainerID(int) (string, bool) { return "", false }

@@ -33,6 +33,9 @@ type Exec struct {
 	StatOK        bool
 	Status        Status
 	StatusOK      bool
+	// Stdio is the kind of file descriptors 0, 1 and 2 (StdioKind); "" when
+	// unreadable.
+	Stdio [3]string
 }
 
 // ContainerID reads pid's cgroup file; ok is false when it could not be read
@@ -58,6 +61,11 @@ func (r *Reader) ReadExec(pid int) Exec {
 		e.Args = ParseCmdline(b)
 	}
 	e.Executable, _ = r.readlink(pid, "exe")
+	for fd, name := range [3]string{"fd/0", "fd/1", "fd/2"} {
+		if l, err := r.readlink(pid, name); err == nil {
+			e.Stdio[fd] = StdioKind(l)
+		}
+	}
 	if b, err := r.read(pid, "stat", maxSmallFile); err == nil {
 		e.Stat, err = ParseStat(b)
 		e.StatOK = err == nil

@@ -1,0 +1,71 @@
+package source
+
+import (
+	"context"
+	"path"
+	"time"
+
+	"github.com/whalewatch/whalewatch/pkg/event"
+)
+
+// Emit queues one event for publishing. It never blocks: the collector's
+// queue is bounded and drops (and counts) what does not fit, so a source
+// never stalls on NATS.
+type Emit func(*event.Event)
+
+// PerContainer is a source that watches one aspect of one running container
+// until ctx ends: the collector runs one goroutine per PerContainer source
+// for each running container it watches and cancels them when the container
+// dies. Monitor returns nil when ctx ends or when there is nothing (more) to
+// watch in this container; an error means the source could not watch it and
+// is logged once.
+//
+// Implementations: dockertop (processes), resources, logs, diff (files),
+// sockets.
+type PerContainer interface {
+	Monitor(ctx context.Context, ctr *Container, emit Emit) error
+}
+
+// Host is a source that watches the whole host from one goroutine, whatever
+// the number of containers, until ctx ends (then it returns nil).
+//
+// Implementations: procconn (processes), fanotify (files), exposure (the
+// Engine API's TCP exposure), and the kernel sensor.
+type Host interface {
+	Run(ctx context.Context, emit Emit) error
+}
+
+// Containers is the collector's container cache as the host sources see it:
+// the container of an id, ok false while it is not known (yet). The kernel
+// sensor's sensor.Containers is the same method with event.Container.
+type Containers interface {
+	Lookup(id string) (*Container, bool)
+}
+
+// CallTimeout bounds one Docker API call, so that a stuck engine cannot stall
+// the event loop or a source for ever.
+const CallTimeout = 10 * time.Second
+
+// Source names: whalewatch.source of events and the label of the
+// collector's source-mode metric.
+const (
+	ModeEBPF          = "ebpf"
+	ModeProcConnector = "proc-connector"
+	ModeDockerTop     = "docker-top"
+)
+
+// ProcessName is ECS process.name from argv[0]: its base name. BusyBox
+// applets keep their applet name there ("nc"), which is what rules match.
+func ProcessName(argv0 string) string {
+	if argv0 == "" {
+		return ""
+	}
+	return path.Base(argv0)
+}
+
+// HostMounts are where the host's /proc and cgroup hierarchy are mounted
+// (the resource, file and socket sources read containers' files there).
+type HostMounts struct {
+	Proc   string // "/proc" on the host
+	Cgroup string // "/sys/fs/cgroup" on the host; empty: never read
+}

@@ -13,7 +13,7 @@ VERSION_LDFLAGS := -X $(LINKPKG).linkVersion=$(shell git describe --tags --alway
 	-X $(LINKPKG).linkRevision=$(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -modified) \
 	-X $(LINKPKG).linkTime=$(shell git log -1 --format=%cI 2>/dev/null)
 
-.PHONY: run test build images lint fmt bench scorecard compose-check packages clean
+.PHONY: run test build images lint fmt bench scorecard compose-check packages clean generate
 
 run: build
 	@scripts/run.sh
@@ -31,6 +31,12 @@ build:
 # Container images of the services, FROM scratch with the binaries built above.
 images: build
 	@scripts/images.sh
+
+# Rebuilds the kernel sensor's eBPF object and its Go bindings (committed, so
+# that building needs no clang). Needs: apt-get install -y --no-install-recommends
+# clang llvm libbpf-dev bpftool, and a kernel with BTF (/sys/kernel/btf/vmlinux).
+generate:
+	@cd services/collector && $(GO) generate ./internal/sensor/...
 
 lint:
 	@test -z "$$(gofmt -l pkg services testkit bench 2>/dev/null)" || { gofmt -l pkg services testkit bench; echo "gofmt: files above need formatting"; exit 1; }

@@ -206,12 +206,13 @@ func (r *Monitor) Monitor(ctx context.Context, ctr *source.Container, emit sourc
 // now (with a monotonic clock reading: CPU % is over the wall time between
 // two samples, as the engine's own with no system usage).
 func (r *Monitor) sampleCgroup(c *cgroupstats.Container) (*container.StatsResponse, error) {
+	read := time.Now() // before the counters: a stall after them must not shrink the interval
 	s, err := r.cgroups.Read(c)
 	if err != nil {
 		return nil, err
 	}
 	var st container.StatsResponse
-	st.Read = time.Now()
+	st.Read = read
 	st.CPUStats.CPUUsage.TotalUsage = s.CPUUsageNanos
 	st.MemoryStats.Usage = s.MemoryUsage
 	st.MemoryStats.Limit = s.MemoryLimit
@@ -225,6 +226,9 @@ func (r *Monitor) sampleCgroup(c *cgroupstats.Container) (*container.StatsRespon
 	}
 	return &st, nil
 }
+
+// minSampleWall is the shortest time between two samples that makes a rate.
+const minSampleWall = 100 * time.Millisecond
 
 // statsTimeout bounds one stats request. The engine answers a one-shot
 // request at its next collection round (every second) over all containers
@@ -254,10 +258,13 @@ func (r *Monitor) sample(ctx context.Context, id string) (*container.StatsRespon
 // two, times the online CPUs (falling back to wall time when the engine gives
 // no system usage); memory is usage minus the inactive page cache. It is
 // false when the two samples cannot be compared (a counter went back: the
-// container restarted).
+// container restarted) or are too close together for a rate: a stall of the
+// reader between reading the counters and the clock, small next to the
+// interval, is not next to a few milliseconds (a 3,000 % "spike" was seen on a
+// loaded host when a dying container was sampled twice within 1 ms).
 func resourceSample(prev, cur *container.StatsResponse, ctr *source.Container) (event.Resource, bool) {
 	wall := cur.Read.Sub(prev.Read)
-	if wall <= 0 || cur.CPUStats.CPUUsage.TotalUsage < prev.CPUStats.CPUUsage.TotalUsage {
+	if wall < minSampleWall || cur.CPUStats.CPUUsage.TotalUsage < prev.CPUStats.CPUUsage.TotalUsage {
 		return event.Resource{}, false
 	}
 	res := event.Resource{IntervalSeconds: round2(wall.Seconds())}

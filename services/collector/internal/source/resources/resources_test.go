@@ -72,6 +72,20 @@ func TestResourceSampleWallClockFallback(t *testing.T) {
 	require.Equal(t, 50.0, got.CPUPercent, "5 s of CPU in 10 s")
 }
 
+func TestResourceSampleTooCloseIsNoRate(t *testing.T) {
+	t.Parallel()
+	a, b := loadStats(t, "stats-v2-a.json"), loadStats(t, "stats-v2-b.json")
+	a.CPUStats.SystemUsage, b.CPUStats.SystemUsage = 0, 0
+	for _, gap := range []time.Duration{0, time.Millisecond, minSampleWall - time.Nanosecond} {
+		b.Read = a.Read.Add(gap)
+		_, ok := resourceSample(a, b, &source.Container{})
+		require.False(t, ok, "samples %v apart make no rate (5 s of CPU in %v would be a spike)", gap, gap)
+	}
+	b.Read = a.Read.Add(minSampleWall)
+	_, ok := resourceSample(a, b, &source.Container{})
+	require.True(t, ok)
+}
+
 // fakeStats answers one-shot stats from recorded samples, in order.
 type fakeStats struct {
 	mu    sync.Mutex

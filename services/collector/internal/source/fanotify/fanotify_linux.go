@@ -27,9 +27,13 @@ const watchMask = unix.FAN_CREATE | unix.FAN_CLOSE_WRITE | unix.FAN_DELETE | uni
 	unix.FAN_ATTRIB | unix.FAN_ONDIR
 
 // open makes a notification group reporting directory handles and names and
-// marks the filesystem of path.
+// marks the filesystem of path. The group's queue is unlimited: it sees every
+// change on the host's filesystem (a build writes tens of thousands of files),
+// and the default 16,384 events overflowed under `make test` and lost a
+// container's writes; the reader drains it continuously, and marking a
+// filesystem already needs the CAP_SYS_ADMIN that an unlimited queue needs.
 func open(path string) (int, error) {
-	fd, err := unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_REPORT_DFID_NAME|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK,
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_NOTIF|unix.FAN_REPORT_DFID_NAME|unix.FAN_UNLIMITED_QUEUE|unix.FAN_CLOEXEC|unix.FAN_NONBLOCK,
 		unix.O_RDONLY|unix.O_LARGEFILE|unix.O_CLOEXEC)
 	if err != nil {
 		return -1, fmt.Errorf("fanotify_init(FAN_REPORT_DFID_NAME): %w", err)

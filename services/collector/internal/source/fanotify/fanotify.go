@@ -304,20 +304,21 @@ func (w *Watcher) event(mask uint64, htype int32, handle, name []byte) {
 		return
 	}
 	w.m.container.Inc()
-	op := operation(mask)
-	if op == "" {
-		return
+	// The kernel merges the events of one name that are still queued (a
+	// create and the close after the write), so one mask may hold several
+	// operations: each is a change, in the order they happen.
+	for _, op := range operations(mask) {
+		c := change{container: d.container, hostPath: filepath.Join(d.path, string(name)), path: joinInner(d.inner, string(name)), op: op}
+		if w.pend[c] {
+			continue // coalesced: one write reported per flush
+		}
+		if len(w.order) >= maxPending {
+			w.m.dropped.Inc()
+			return
+		}
+		w.pend[c] = true
+		w.order = append(w.order, pending{c, time.Now()})
 	}
-	c := change{container: d.container, hostPath: filepath.Join(d.path, string(name)), path: joinInner(d.inner, string(name)), op: op}
-	if w.pend[c] {
-		return // coalesced: one write reported per flush
-	}
-	if len(w.order) >= maxPending {
-		w.m.dropped.Inc()
-		return
-	}
-	w.pend[c] = true
-	w.order = append(w.order, pending{c, time.Now()})
 }
 
 func joinInner(dir, name string) string {
@@ -338,21 +339,23 @@ func (w *Watcher) classify(path string) dirInfo {
 	return dirInfo{path: path}
 }
 
-// operation maps a fanotify mask to whalewatch.file_change.operation.
-func operation(mask uint64) string {
-	switch {
-	case mask&fanCreate != 0:
-		return "create"
-	case mask&fanDelete != 0:
-		return "unlink"
-	case mask&(fanMovedFrom|fanMovedTo) != 0:
-		return "rename"
-	case mask&fanAttrib != 0:
-		return "chmod"
-	case mask&fanModify != 0:
-		return "write"
+// operations maps a fanotify mask to whalewatch.file_change.operation
+// values, in the order the calls happen: create, write, chmod, rename,
+// unlink.
+func operations(mask uint64) []string {
+	var ops []string
+	for _, o := range []struct {
+		bits uint64
+		op   string
+	}{
+		{fanCreate, "create"}, {fanModify, "write"}, {fanAttrib, "chmod"},
+		{fanMovedFrom | fanMovedTo, "rename"}, {fanDelete, "unlink"},
+	} {
+		if mask&o.bits != 0 {
+			ops = append(ops, o.op)
+		}
 	}
-	return ""
+	return ops
 }
 
 func (w *Watcher) flush(emit source.Emit) {

@@ -81,9 +81,10 @@ type Watcher struct {
 	key   []byte                       // scratch for the directory cache's key
 	roots map[string]*source.Container // by host directory (with trailing /)
 	ctrs  map[string]*source.Container // by id
-	dirs  map[string]dirInfo
-	pend  map[change]bool // what order holds, for coalescing
-	order []pending       // in the order the kernel reported them
+	dirs  map[string]string            // directory handle → host path (renamed directories keep their old path)
+	base  string                       // <data root>/<driver>/: every container's directory is below it
+	pend  map[change]bool              // what order holds, for coalescing
+	order []pending                    // in the order the kernel reported them
 }
 
 type pending struct {
@@ -137,8 +138,8 @@ func New(layout Layout, host string, log *slog.Logger, reg prometheus.Registerer
 }
 
 func newWatcher(layout Layout, host string, log *slog.Logger, reg prometheus.Registerer) *Watcher {
-	w := &Watcher{layout: layout, host: host, log: log.With("file_source", Mode),
-		roots: map[string]*source.Container{}, ctrs: map[string]*source.Container{}, dirs: map[string]dirInfo{}, pend: map[change]bool{}}
+	w := &Watcher{base: strings.TrimSuffix(filepath.Join(layout.DataRoot, layout.Driver), "/") + "/", layout: layout, host: host, log: log.With("file_source", Mode),
+		roots: map[string]*source.Container{}, ctrs: map[string]*source.Container{}, dirs: map[string]string{}, pend: map[change]bool{}}
 	w.m.events = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "whalewatch_collector_fanotify_events_total",
 		Help: "fanotify events read, by result: container (under a watched container), host (elsewhere on the filesystem), stale (directory gone before it was resolved), overflow (the kernel's queue overflowed), dropped (too many changes pending).",
@@ -169,7 +170,6 @@ func (w *Watcher) Monitor(ctx context.Context, ctr *source.Container, _ source.E
 	w.mu.Lock()
 	w.roots[dir] = ctr
 	w.ctrs[ctr.ID] = ctr
-	clear(w.dirs) // directories resolved before it was known may be its own
 	w.mu.Unlock()
 	<-ctx.Done()
 	w.mu.Lock()
@@ -177,7 +177,6 @@ func (w *Watcher) Monitor(ctx context.Context, ctr *source.Container, _ source.E
 	if w.ctrs[ctr.ID] == ctr {
 		delete(w.ctrs, ctr.ID)
 	}
-	clear(w.dirs)
 	w.mu.Unlock()
 	return nil
 }
@@ -285,20 +284,19 @@ func (w *Watcher) event(mask uint64, htype int32, handle, name []byte) {
 	// most events are the host's, in directories already resolved.
 	w.key = binary.NativeEndian.AppendUint32(w.key[:0], uint32(htype))
 	w.key = append(w.key, handle...)
-	d, ok := w.dirs[string(w.key)]
+	path, ok := w.dirs[string(w.key)]
 	if !ok {
-		key := string(w.key)
-		path, err := w.resolve(htype, handle)
-		if err != nil {
+		var err error
+		if path, err = w.resolve(htype, handle); err != nil {
 			w.m.stale.Inc()
 			return
 		}
-		d = w.classify(path)
 		if len(w.dirs) >= maxDirs {
 			clear(w.dirs)
 		}
-		w.dirs[key] = d
+		w.dirs[string(w.key)] = path
 	}
+	d := w.classify(path)
 	if d.container == "" {
 		w.m.host.Inc()
 		return
@@ -328,9 +326,13 @@ func joinInner(dir, name string) string {
 	return dir + "/" + name
 }
 
-// classify finds the watched container whose directory holds path.
+// classify finds the watched container whose directory holds path: the
+// host's directories are rejected by one prefix test.
 func (w *Watcher) classify(path string) dirInfo {
 	p := path + "/"
+	if !strings.HasPrefix(p, w.base) {
+		return dirInfo{path: path}
+	}
 	for root, ctr := range w.roots {
 		if strings.HasPrefix(p, root) {
 			return dirInfo{container: ctr.ID, path: path, inner: "/" + strings.TrimSuffix(strings.TrimPrefix(p, root), "/")}

@@ -86,7 +86,10 @@ type InfoAPI interface {
 // event per address it learnt about:
 //
 //   - the engine the collector itself uses, when DOCKER_HOST / -docker-host is
-//     tcp://: reachable without TLS unless TLS is configured;
+//     tcp:// (a socket proxy's address, say): with TLS configured, reported as
+//     TLS; otherwise probed like the loopback ports below (the collector
+//     talks to that address anyway) and reported as what the probe found, so
+//     an endpoint that requires TLS or does not answer is no alarm;
 //   - the engine's own listeners, from the warnings of GET /info ("API is
 //     accessible on http://0.0.0.0:2375 without encryption", or on https://
 //     without TLS client verification, tagged docker-api-no-client-verify);
@@ -142,7 +145,13 @@ type finding struct {
 
 func (x *Checker) check(ctx context.Context) []*event.Event {
 	var found []finding
-	if f, ok := configuredExposure(x.dockerHost); ok {
+	if addr, tls, ok := configuredEndpoint(x.dockerHost); ok {
+		f := finding{api: event.DockerAPI{Address: addr, TLS: true}, source: "docker-host",
+			note: "the collector reaches the Engine API over TCP with TLS"}
+		if !tls {
+			f = probe(ctx, addr)
+			f.source, f.note = "docker-host", "the collector's DOCKER_HOST: "+f.note
+		}
 		found = append(found, f)
 	}
 	if x.info != nil {
@@ -168,23 +177,17 @@ func (x *Checker) check(ctx context.Context) []*event.Event {
 	return out
 }
 
-// configuredExposure is the engine the collector talks to, if over TCP.
-func configuredExposure(dockerHost string) (finding, bool) {
+// configuredEndpoint is the address of the engine the collector talks to,
+// if over TCP, and whether the client is configured for TLS.
+func configuredEndpoint(dockerHost string) (addr string, tls, ok bool) {
 	if dockerHost == "" {
 		dockerHost = os.Getenv("DOCKER_HOST")
 	}
 	u, err := url.Parse(dockerHost)
 	if err != nil || u.Scheme != "tcp" || u.Host == "" {
-		return finding{}, false
+		return "", false, false
 	}
-	tls := os.Getenv("DOCKER_CERT_PATH") != "" || os.Getenv("DOCKER_TLS_VERIFY") != ""
-	f := finding{api: event.DockerAPI{Address: u.Host, TLS: tls, Reachable: !tls}, source: "docker-host"}
-	if tls {
-		f.note = "the collector reaches the Engine API over TCP with TLS"
-	} else {
-		f.note = "the collector itself reaches the Engine API over TCP without TLS"
-	}
-	return f, true
+	return u.Host, os.Getenv("DOCKER_CERT_PATH") != "" || os.Getenv("DOCKER_TLS_VERIFY") != "", true
 }
 
 var warningRE = regexp.MustCompile(`API is accessible on (https?)://(\S+?) without (encryption|TLS client verification)`)

@@ -92,19 +92,45 @@ func TestExposureCheck(t *testing.T) {
 	require.Equal(t, []string{"docker-api-no-client-verify"}, es[1].Tags)
 }
 
-func TestConfiguredExposure(t *testing.T) {
+func TestConfiguredEndpoint(t *testing.T) {
 	// Not parallel: reads DOCKER_CERT_PATH / DOCKER_TLS_VERIFY.
 	t.Setenv("DOCKER_CERT_PATH", "")
 	t.Setenv("DOCKER_TLS_VERIFY", "")
-	f, ok := configuredExposure("tcp://10.1.2.3:2375")
+	addr, tls, ok := configuredEndpoint("tcp://10.1.2.3:2375")
 	require.True(t, ok)
-	require.Equal(t, event.DockerAPI{Address: "10.1.2.3:2375", Reachable: true}, f.api)
-	_, ok = configuredExposure("unix:///var/run/docker.sock")
+	require.Equal(t, "10.1.2.3:2375", addr)
+	require.False(t, tls)
+	_, _, ok = configuredEndpoint("unix:///var/run/docker.sock")
 	require.False(t, ok)
 	t.Setenv("DOCKER_TLS_VERIFY", "1")
-	f, ok = configuredExposure("tcp://10.1.2.3:2376")
+	_, tls, ok = configuredEndpoint("tcp://10.1.2.3:2376")
 	require.True(t, ok)
-	require.Equal(t, event.DockerAPI{Address: "10.1.2.3:2376", TLS: true}, f.api)
+	require.True(t, tls)
+}
+
+// A tcp:// DOCKER_HOST is probed before anything is reported: only an
+// endpoint that answers the Engine API without TLS is reachable.
+func TestConfiguredEndpointIsProbed(t *testing.T) {
+	// Not parallel: reads DOCKER_CERT_PATH / DOCKER_TLS_VERIFY.
+	t.Setenv("DOCKER_CERT_PATH", "")
+	t.Setenv("DOCKER_TLS_VERIFY", "")
+	open, tlsPort, closed := fakeEngineAPI(t, false), fakeEngineAPI(t, true), closedPort(t)
+	for _, tt := range []struct {
+		port int
+		want event.DockerAPI
+	}{
+		{open, event.DockerAPI{Reachable: true, Version: "1.41"}},
+		{tlsPort, event.DockerAPI{TLS: true}},
+		{closed, event.DockerAPI{}},
+	} {
+		addr := "127.0.0.1:" + strconv.Itoa(tt.port)
+		x := &Checker{host: "h", interval: time.Hour, dockerHost: "tcp://" + addr, log: sourcetest.Log(), now: time.Now}
+		es := x.check(t.Context())
+		require.Len(t, es, 1)
+		tt.want.Address = addr
+		require.Equal(t, tt.want, *es[0].Whalewatch.DockerAPI)
+		require.Contains(t, es[0].Message, "(docker-host): the collector's DOCKER_HOST: ")
+	}
 }
 
 func TestExposureRunPublishesAtOnce(t *testing.T) {

@@ -194,7 +194,6 @@ func TestSourceConfigsValidate(t *testing.T) {
 		{"no diff budget", func(c *Config) { c.Files.MaxChanges = 0 }, "diff-max-changes must be positive"},
 		{"bad port", func(c *Config) { c.Exposure.ProbePorts = "2375,http" }, `exposure-probe-ports: "http" is not a port`},
 		{"port out of range", func(c *Config) { c.Exposure.ProbePorts = "70000" }, "is not a port"},
-		{"fast slower than slow", func(c *Config) { c.Resources.Interval, c.Resources.FastInterval = time.Second, time.Minute }, "resource-fast-interval must not be longer"},
 		{"sensor ring", func(c *Config) { c.Sensor.RingBufferBytes = 1000 }, "sensor-ring-buffer-bytes"},
 	}
 	for _, tt := range tests {

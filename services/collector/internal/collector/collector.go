@@ -161,6 +161,7 @@ func (c *Collector) resync(ctx context.Context) error {
 		}
 		if info := c.inspect(ctx, s.ID); info != nil {
 			c.queue.enqueue(source.ConfigEvent(c.host, info, now, now))
+			c.remember(info)
 			c.startWatch(ctx, info)
 		}
 	}
@@ -200,25 +201,32 @@ func (c *Collector) handleContainer(ctx context.Context, m events.Message, now t
 	case "create", "start", "update", "rename":
 		info = c.inspect(ctx, id)
 	}
-	e := dockerevents.LifecycleEvent(c.host, m, c.containerFields(id, m.Actor.Attributes), now)
+	ctr := c.containerFields(id, m.Actor.Attributes)
+	if info != nil {
+		ctr = info.ECS()
+	}
+	e := dockerevents.LifecycleEvent(c.host, m, ctr, now)
 	if strings.HasPrefix(verb, "exec_") {
 		c.addExecProcess(ctx, e, verb, detail, m.Actor)
 	}
 	c.queue.enqueue(e)
 
+	// The configuration goes out before the container is known to the
+	// sources (the cache): the detector judges a process against the
+	// container's configuration (its health check), so a process must not
+	// overtake it.
+	if info != nil && verb != "rename" {
+		c.queue.enqueue(source.ConfigEvent(c.host, info, dockerevents.EventTime(m), now))
+	}
+	if info != nil {
+		c.remember(info)
+	}
 	switch verb {
 	case "start":
 		if info != nil {
-			c.queue.enqueue(source.ConfigEvent(c.host, info, dockerevents.EventTime(m), now))
 			if info.Running { // not so for a replayed start of a container stopped since
 				c.startWatch(ctx, info)
 			}
-		}
-	case "create", "update":
-		// At create, so that a container that is never started (or cannot
-		// start, like a privileged one on a locked-down host) is still judged.
-		if info != nil {
-			c.queue.enqueue(source.ConfigEvent(c.host, info, dockerevents.EventTime(m), now))
 		}
 	case "die", "destroy":
 		c.stopWatch(id)
@@ -260,8 +268,7 @@ func (c *Collector) addExecProcess(ctx context.Context, e *event.Event, verb, de
 	}
 }
 
-// inspect reads a container and caches what the collector keeps of it; nil
-// when the container is gone.
+// inspect reads a container; nil when the container is gone.
 func (c *Collector) inspect(ctx context.Context, id string) *source.Container {
 	ictx, cancel := context.WithTimeout(ctx, source.CallTimeout)
 	defer cancel()
@@ -277,10 +284,17 @@ func (c *Collector) inspect(ctx context.Context, id string) *source.Container {
 	if info.ID == "" {
 		return nil
 	}
+	return info
+}
+
+// remember caches info: from now on the sources attribute its container's
+// events with it. A configuration snapshot (create, start, update; at
+// create so that a container that is never started, or cannot start like a
+// privileged one on a locked-down host, is still judged) is enqueued first.
+func (c *Collector) remember(info *source.Container) {
 	c.mu.Lock()
 	c.cache[info.ID] = info
 	c.mu.Unlock()
-	return info
 }
 
 func (c *Collector) cached(id string) *source.Container {

@@ -93,7 +93,7 @@ func startResponder(t *testing.T, mode string) *responseHarness {
 }
 
 // ask publishes a request for container id and returns it.
-func (h *responseHarness) ask(t *testing.T, id, action string, mut ...func(*response.Request)) *event.Event {
+func (h *responseHarness) ask(t *testing.T, id string, action response.Action, mut ...func(*response.Request)) *event.Event {
 	t.Helper()
 	req := response.Request{Host: h.host, ContainerID: id, Action: action, Reason: "integration test"}
 	if action == response.LimitCPU {
@@ -175,7 +175,7 @@ func TestIntegrationResponsePauseActsOnce(t *testing.T) {
 	info, err := stream.Info(t.Context(), jetstream.WithSubjectFilter(subject.ActionResult(h.host, id)))
 	require.NoError(t, err)
 	require.Equal(t, map[string]uint64{subject.ActionResult(h.host, id): 1}, info.State.Subjects, "the re-published result is stored once")
-	require.Equal(t, 1.0, testutil.ToFloat64(h.r.m.results.WithLabelValues(response.Pause, response.StatusDone)))
+	require.Equal(t, 1.0, testutil.ToFloat64(h.r.m.results.WithLabelValues(string(response.Pause), string(response.StatusDone))))
 }
 
 func TestIntegrationResponseRefusals(t *testing.T) {
@@ -211,7 +211,8 @@ func TestIntegrationResponseActions(t *testing.T) {
 	t.Cleanup(func() { _, _ = dockertest.Try("network", "rm", net) }) // after the container (cleanups run last-in first-out)
 
 	tests := []struct {
-		action, args, format, want string
+		action             response.Action
+		args, format, want string
 	}{
 		{response.Kill, "", "{{.State.Running}}", "false"},
 		{response.Stop, "", "{{.State.Running}}", "false"},

@@ -136,7 +136,7 @@ func TestIntegrationResponseDryRunByDefault(t *testing.T) {
 	h := startResponder(t, ModeDryRun)
 	id := dockertest.Run(t, nil, "sleep", "300")
 	res := h.result(t, h.ask(t, id, response.Pause))
-	require.Equal(t, response.StatusDryRun, res.Whalewatch.Response.Status)
+	require.Equal(t, string(response.StatusDryRun), res.Whalewatch.Response.Status)
 	require.Equal(t, "dry run: would pause the container", res.Whalewatch.Response.Reason)
 	require.Equal(t, subject.ActionResult(h.host, id), response.ResultSubject(res))
 	require.Equal(t, "true false", inspectField(t, id, "{{.State.Running}} {{.State.Paused}}"), "still running")
@@ -148,7 +148,7 @@ func TestIntegrationResponsePauseActsOnce(t *testing.T) {
 	id := dockertest.Run(t, nil, "sleep", "300")
 	req := h.ask(t, id, response.Pause)
 	res := h.result(t, req)
-	require.Equal(t, response.StatusDone, res.Whalewatch.Response.Status, res.Whalewatch.Response.Reason)
+	require.Equal(t, string(response.StatusDone), res.Whalewatch.Response.Status, res.Whalewatch.Response.Reason)
 	require.Equal(t, "success", res.Event.Outcome)
 	require.Equal(t, "true", inspectField(t, id, "{{.State.Paused}}"))
 
@@ -192,7 +192,7 @@ func TestIntegrationResponseRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		res := h.result(t, h.ask(t, tt.id, response.Kill))
-		require.Equal(t, response.StatusRefused, res.Whalewatch.Response.Status)
+		require.Equal(t, string(response.StatusRefused), res.Whalewatch.Response.Status)
 		require.Contains(t, res.Whalewatch.Response.Reason, tt.reason)
 		require.Equal(t, "failure", res.Event.Outcome)
 	}
@@ -232,7 +232,7 @@ func TestIntegrationResponseActions(t *testing.T) {
 	for i, tt := range tests {
 		wg.Go(func() {
 			res := h.result(t, h.ask(t, ids[i], tt.action))
-			require.Equal(t, response.StatusDone, res.Whalewatch.Response.Status, "%s: %s", tt.action, res.Whalewatch.Response.Reason)
+			require.Equal(t, string(response.StatusDone), res.Whalewatch.Response.Status, "%s: %s", tt.action, res.Whalewatch.Response.Reason)
 		})
 	}
 	wg.Wait()

@@ -261,7 +261,7 @@ func TestResponderDecides(t *testing.T) {
 			require.Equal(t, string(tt.status), res.Whalewatch.Response.Status, res.Whalewatch.Response.Reason)
 			require.Contains(t, res.Whalewatch.Response.Reason, tt.reason)
 			require.Equal(t, req.Event.ID, res.Whalewatch.Response.Target)
-			require.Equal(t, tt.action, res.Event.Action)
+			require.Equal(t, string(tt.action), res.Event.Action)
 			require.Equal(t, id, res.Container.ID)
 			if tt.status == response.StatusDone || tt.status == response.StatusDryRun {
 				require.Equal(t, "success", res.Event.Outcome)
@@ -294,7 +294,7 @@ func TestResponderRefusesInvalidRequests(t *testing.T) {
 	}
 	require.Len(t, pub.got, 3)
 	for _, res := range pub.got {
-		require.Equal(t, response.StatusRefused, res.Whalewatch.Response.Status)
+		require.Equal(t, string(response.StatusRefused), res.Whalewatch.Response.Status)
 		require.Contains(t, res.Whalewatch.Response.Reason, "invalid request")
 	}
 	require.Empty(t, eng.calls)
@@ -313,7 +313,7 @@ func TestResponderActsOncePerRequest(t *testing.T) {
 	require.Equal(t, []string{"pause"}, eng.calls)
 	require.Len(t, pub.got, 2)
 	require.Equal(t, pub.got[0].Event.ID, pub.got[1].Event.ID, "the stored result is re-published as it was")
-	require.Equal(t, response.StatusDone, pub.got[1].Whalewatch.Response.Status)
+	require.Equal(t, string(response.StatusDone), pub.got[1].Whalewatch.Response.Status)
 	require.Equal(t, 1.0, testutil.ToFloat64(r.m.replays))
 	require.Equal(t, 1.0, testutil.ToFloat64(r.m.results.WithLabelValues(string(response.Pause), string(response.StatusDone))))
 }

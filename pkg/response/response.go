@@ -29,21 +29,25 @@ import (
 	"github.com/whalewatch/whalewatch/pkg/subject"
 )
 
+// Action is what a response request asks a collector to do to a container
+// (whalewatch.response.action on the wire).
+type Action string
+
 // Actions a collector carries out.
 const (
-	Pause      = "pause"      // freeze every process (docker pause)
-	Unpause    = "unpause"    // undo pause
-	Stop       = "stop"       // SIGTERM, then SIGKILL after the collector's stop timeout
-	Kill       = "kill"       // SIGKILL
-	Disconnect = "disconnect" // disconnect from every network (the container keeps running)
-	LimitCPU   = "limit_cpu"  // cap CPU at Request.CPUs cores (docker update --cpus)
+	Pause      Action = "pause"      // freeze every process (docker pause)
+	Unpause           = "unpause"    // undo pause
+	Stop              = "stop"       // SIGTERM, then SIGKILL after the collector's stop timeout
+	Kill              = "kill"       // SIGKILL
+	Disconnect        = "disconnect" // disconnect from every network (the container keeps running)
+	LimitCPU          = "limit_cpu"  // cap CPU at Request.CPUs cores (docker update --cpus)
 )
 
 // Actions lists every action, in a stable order.
-var Actions = []string{Pause, Unpause, Stop, Kill, Disconnect, LimitCPU}
+var Actions = []Action{Pause, Unpause, Stop, Kill, Disconnect, LimitCPU}
 
 // ValidAction reports whether a is a known action.
-func ValidAction(a string) bool {
+func ValidAction(a Action) bool {
 	for _, k := range Actions {
 		if k == a {
 			return true
@@ -52,12 +56,16 @@ func ValidAction(a string) bool {
 	return false
 }
 
+// Status is how a collector answered a request (whalewatch.response.status
+// on the wire).
+type Status string
+
 // Statuses of a result.
 const (
-	StatusDone    = "done"    // the container is in the requested state (perhaps already was)
-	StatusRefused = "refused" // not acted on: protected, whalewatch's own, unknown, expired, invalid
-	StatusFailed  = "failed"  // the engine returned an error; reason holds it
-	StatusDryRun  = "dry_run" // dry-run: nothing done; reason says what would have been
+	StatusDone    Status = "done"    // the container is in the requested state (perhaps already was)
+	StatusRefused        = "refused" // not acted on: protected, whalewatch's own, unknown, expired, invalid
+	StatusFailed         = "failed"  // the engine returned an error; reason holds it
+	StatusDryRun         = "dry_run" // dry-run: nothing done; reason says what would have been
 )
 
 // Bounds of Request.CPUs (Docker accepts at least 0.01 cores).
@@ -70,7 +78,7 @@ const (
 type Request struct {
 	Host        string  // host.name of the collector that must act (required)
 	ContainerID string  // full 64-hex container id, never a name (required)
-	Action      string  // one of Actions (required)
+	Action      Action  // one of Actions (required)
 	CPUs        float64 // limit_cpu: the cap in cores, MinCPUs..MaxCPUs
 	DryRun      bool    // only report what would be done, whatever the collector's mode
 	Reason      string  // why it is asked, e.g. the threat's rule name
@@ -97,7 +105,7 @@ func (r Request) Validate() error {
 		errs = append(errs, fmt.Errorf("container id %q is not a full 64-hex id", event.Truncate(r.ContainerID, 80)))
 	}
 	if !ValidAction(r.Action) {
-		errs = append(errs, fmt.Errorf("unknown action %q", event.Truncate(r.Action, 64)))
+		errs = append(errs, fmt.Errorf("unknown action %q", event.Truncate(string(r.Action), 64)))
 	}
 	if r.Action == LimitCPU && (math.IsNaN(r.CPUs) || r.CPUs < MinCPUs || r.CPUs > MaxCPUs) {
 		errs = append(errs, fmt.Errorf("limit_cpu needs cpus between %g and %g, got %g", MinCPUs, MaxCPUs, r.CPUs))
@@ -119,7 +127,7 @@ func NewRequest(r Request) (*event.Event, error) {
 	}
 	id := event.NewID()
 	if r.Trigger != "" {
-		id = event.DeriveID("response-request", r.Host, r.ContainerID, r.Action, r.Trigger)
+		id = event.DeriveID("response-request", r.Host, r.ContainerID, string(r.Action), r.Trigger)
 	}
 	ctr := &event.Container{ID: r.ContainerID}
 	if r.Container != nil {
@@ -139,7 +147,7 @@ func NewRequest(r Request) (*event.Event, error) {
 			Kind:     event.KindEvent,
 			Category: []string{"process"},
 			Type:     []string{"info"},
-			Action:   r.Action,
+			Action:   string(r.Action),
 			Dataset:  event.DatasetResponse,
 			Module:   event.Module,
 			Created:  time.Now().UTC(),
@@ -149,7 +157,7 @@ func NewRequest(r Request) (*event.Event, error) {
 		Whalewatch: event.Whalewatch{
 			SchemaVersion: event.SchemaVersion,
 			Trigger:       r.Trigger,
-			Response:      &event.Response{Action: r.Action, DryRun: r.DryRun, Reason: r.Reason, CPUs: cpus(r)},
+			Response:      &event.Response{Action: string(r.Action), DryRun: r.DryRun, Reason: r.Reason, CPUs: cpus(r)},
 		},
 	}
 	e.Bound()
@@ -205,7 +213,7 @@ func ParseRequest(e *event.Event) (Request, error) {
 	r := Request{
 		Host:        e.Host.Name,
 		ContainerID: containerID(e),
-		Action:      resp.Action,
+		Action:      Action(resp.Action),
 		CPUs:        resp.CPUs,
 		DryRun:      resp.DryRun,
 		Reason:      resp.Reason,
@@ -224,7 +232,7 @@ func ParseRequest(e *event.Event) (Request, error) {
 // would have done, or that nothing was left to do). ctr is container.* as the
 // collector saw it (nil: the request's). The id derives from the request's,
 // so answering a redelivered request again stores one result.
-func NewResult(req *event.Event, status, reason string, ctr *event.Container, now time.Time) *event.Event {
+func NewResult(req *event.Event, status Status, reason string, ctr *event.Container, now time.Time) *event.Event {
 	action := ""
 	var cpus float64
 	dry := false
@@ -265,7 +273,7 @@ func NewResult(req *event.Event, status, reason string, ctr *event.Container, no
 			Trigger:       req.Whalewatch.Trigger,
 			Response: &event.Response{
 				Action: action,
-				Status: status,
+				Status: string(status),
 				DryRun: dry || status == StatusDryRun,
 				Reason: reason,
 				Target: req.Event.ID,

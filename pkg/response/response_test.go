@@ -99,8 +99,8 @@ func TestNewResult(t *testing.T) {
 	req, _ := NewRequest(Request{Host: "h", ContainerID: cid, Action: Pause, DryRun: true, Trigger: "t"})
 	now := time.Now()
 	tests := []struct {
-		status, outcome string
-		typ             string
+		status       Status
+		outcome, typ string
 	}{
 		{StatusDone, "success", "change"},
 		{StatusDryRun, "success", "info"},
@@ -113,7 +113,7 @@ func TestNewResult(t *testing.T) {
 			t.Fatal(err)
 		}
 		r := res.Whalewatch.Response
-		if r.Status != tt.status || r.Target != req.Event.ID || r.Action != Pause || !r.DryRun || r.Reason != "because" {
+		if Status(r.Status) != tt.status || r.Target != req.Event.ID || Action(r.Action) != Pause || !r.DryRun || r.Reason != "because" {
 			t.Errorf("%s: response %+v", tt.status, r)
 		}
 		if res.Event.Outcome != tt.outcome || res.Event.Type[0] != tt.typ || res.Whalewatch.Trigger != "t" {

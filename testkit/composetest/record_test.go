@@ -71,14 +71,14 @@ func TestSocketProxyAllowList(t *testing.T) {
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	pub := bus.NewEventPublisher(js, prometheus.NewRegistry())
-	for _, action := range []string{response.Pause, response.Unpause} {
+	for _, action := range []response.Action{response.Pause, response.Unpause} {
 		var e *event.Event
 		e, err = response.NewRequest(response.Request{Host: host, ContainerID: id, Action: action, Reason: "composetest"})
 		require.NoError(t, err)
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		require.NoError(t, pub.Publish(ctx, response.RequestSubject(e), e))
 		cancel()
-		natstest.Eventually(t, 60*time.Second, func() bool { return saw("POST", "/containers/"+id+"/"+action) }, "no POST %s; calls: %v", action, rec.Calls())
+		natstest.Eventually(t, 60*time.Second, func() bool { return saw("POST", "/containers/"+id+"/"+string(action)) }, "no POST %s; calls: %v", action, rec.Calls())
 	}
 	dockertest.Docker(t, "stop", "-t", "1", id)
 	natstest.Eventually(t, 30*time.Second, func() bool { return saw("GET", "/events") }, "no event stream; calls: %v", rec.Calls())

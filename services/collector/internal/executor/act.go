@@ -61,7 +61,7 @@ func (r *Executor) act(ctx context.Context, req response.Request, in container.I
 }
 
 // done is the note of an action carried out.
-var done = map[string]string{
+var done = map[response.Action]string{
 	response.Pause:      "paused",
 	response.Unpause:    "unpaused",
 	response.Stop:       "stopped",

@@ -267,12 +267,12 @@ func (r *Executor) handle(ctx context.Context, e *event.Event) error {
 	}
 	resp := res.Whalewatch.Response
 	action := resp.Action
-	if !response.ValidAction(action) {
+	if !response.ValidAction(response.Action(action)) {
 		action = "invalid"
 	}
 	r.m.results.WithLabelValues(action, resp.Status).Inc()
 	lvl := slog.LevelInfo
-	if resp.Status == response.StatusFailed {
+	if response.Status(resp.Status) == response.StatusFailed {
 		lvl = slog.LevelWarn
 	}
 	r.log.Log(ctx, lvl, "response request answered", "request_id", e.Event.ID, "action", resp.Action,
@@ -283,7 +283,7 @@ func (r *Executor) handle(ctx context.Context, e *event.Event) error {
 // respond decides and, in enforce mode, acts; it returns the result.
 func (r *Executor) respond(ctx context.Context, e *event.Event) *event.Event {
 	now := r.now()
-	result := func(status, reason string, ctr *event.Container) *event.Event {
+	result := func(status response.Status, reason string, ctr *event.Container) *event.Event {
 		return response.NewResult(e, status, reason, ctr, now)
 	}
 	if e.Container == nil {
@@ -353,7 +353,7 @@ func describe(req response.Request) string {
 	case response.LimitCPU:
 		return fmt.Sprintf("limit the container's CPU to %g cores", req.CPUs)
 	}
-	return req.Action + " the container"
+	return string(req.Action) + " the container"
 }
 
 // kvDone is a doneStore in a NATS KV bucket.

@@ -93,7 +93,7 @@ func startResponder(t *testing.T, mode string) *responseHarness {
 }
 
 // ask publishes a request for container id and returns it.
-func (h *responseHarness) ask(t *testing.T, id, action string, mut ...func(*response.Request)) *event.Event {
+func (h *responseHarness) ask(t *testing.T, id string, action response.Action, mut ...func(*response.Request)) *event.Event {
 	t.Helper()
 	req := response.Request{Host: h.host, ContainerID: id, Action: action, Reason: "integration test"}
 	if action == response.LimitCPU {
@@ -136,7 +136,7 @@ func TestIntegrationResponseDryRunByDefault(t *testing.T) {
 	h := startResponder(t, ModeDryRun)
 	id := dockertest.Run(t, nil, "sleep", "300")
 	res := h.result(t, h.ask(t, id, response.Pause))
-	require.Equal(t, response.StatusDryRun, res.Whalewatch.Response.Status)
+	require.Equal(t, string(response.StatusDryRun), res.Whalewatch.Response.Status)
 	require.Equal(t, "dry run: would pause the container", res.Whalewatch.Response.Reason)
 	require.Equal(t, subject.ActionResult(h.host, id), response.ResultSubject(res))
 	require.Equal(t, "true false", inspectField(t, id, "{{.State.Running}} {{.State.Paused}}"), "still running")
@@ -148,7 +148,7 @@ func TestIntegrationResponsePauseActsOnce(t *testing.T) {
 	id := dockertest.Run(t, nil, "sleep", "300")
 	req := h.ask(t, id, response.Pause)
 	res := h.result(t, req)
-	require.Equal(t, response.StatusDone, res.Whalewatch.Response.Status, res.Whalewatch.Response.Reason)
+	require.Equal(t, string(response.StatusDone), res.Whalewatch.Response.Status, res.Whalewatch.Response.Reason)
 	require.Equal(t, "success", res.Event.Outcome)
 	require.Equal(t, "true", inspectField(t, id, "{{.State.Paused}}"))
 
@@ -175,7 +175,7 @@ func TestIntegrationResponsePauseActsOnce(t *testing.T) {
 	info, err := stream.Info(t.Context(), jetstream.WithSubjectFilter(subject.ActionResult(h.host, id)))
 	require.NoError(t, err)
 	require.Equal(t, map[string]uint64{subject.ActionResult(h.host, id): 1}, info.State.Subjects, "the re-published result is stored once")
-	require.Equal(t, 1.0, testutil.ToFloat64(h.r.m.results.WithLabelValues(response.Pause, response.StatusDone)))
+	require.Equal(t, 1.0, testutil.ToFloat64(h.r.m.results.WithLabelValues(string(response.Pause), string(response.StatusDone))))
 }
 
 func TestIntegrationResponseRefusals(t *testing.T) {
@@ -192,7 +192,7 @@ func TestIntegrationResponseRefusals(t *testing.T) {
 	}
 	for _, tt := range tests {
 		res := h.result(t, h.ask(t, tt.id, response.Kill))
-		require.Equal(t, response.StatusRefused, res.Whalewatch.Response.Status)
+		require.Equal(t, string(response.StatusRefused), res.Whalewatch.Response.Status)
 		require.Contains(t, res.Whalewatch.Response.Reason, tt.reason)
 		require.Equal(t, "failure", res.Event.Outcome)
 	}
@@ -211,7 +211,8 @@ func TestIntegrationResponseActions(t *testing.T) {
 	t.Cleanup(func() { _, _ = dockertest.Try("network", "rm", net) }) // after the container (cleanups run last-in first-out)
 
 	tests := []struct {
-		action, args, format, want string
+		action             response.Action
+		args, format, want string
 	}{
 		{response.Kill, "", "{{.State.Running}}", "false"},
 		{response.Stop, "", "{{.State.Running}}", "false"},
@@ -231,7 +232,7 @@ func TestIntegrationResponseActions(t *testing.T) {
 	for i, tt := range tests {
 		wg.Go(func() {
 			res := h.result(t, h.ask(t, ids[i], tt.action))
-			require.Equal(t, response.StatusDone, res.Whalewatch.Response.Status, "%s: %s", tt.action, res.Whalewatch.Response.Reason)
+			require.Equal(t, string(response.StatusDone), res.Whalewatch.Response.Status, "%s: %s", tt.action, res.Whalewatch.Response.Reason)
 		})
 	}
 	wg.Wait()

@@ -146,7 +146,7 @@ func newTestResponder(t *testing.T, eng *fakeEngine, mode string) (*Executor, *r
 	return r, pub
 }
 
-func request(t *testing.T, id, action string, mut ...func(*response.Request)) *event.Event {
+func request(t *testing.T, id string, action response.Action, mut ...func(*response.Request)) *event.Event {
 	t.Helper()
 	req := response.Request{Host: "h", ContainerID: id, Action: action, Reason: "test", Trigger: "threat-1"}
 	if action == response.LimitCPU {
@@ -170,10 +170,10 @@ func TestResponderDecides(t *testing.T) {
 		id        string
 		labels    map[string]string
 		nets      []string
-		action    string
+		action    response.Action
 		mut       []func(*response.Request)
 		setup     func(*fakeEngine)
-		status    string
+		status    response.Status
 		reason    string
 		calls     []string
 		check     func(t *testing.T, f *fakeEngine)
@@ -258,10 +258,10 @@ func TestResponderDecides(t *testing.T) {
 			res := pub.got[0]
 			require.NoError(t, res.Validate())
 			require.Equal(t, "whalewatch.actions.result.h."+id, pub.sub[0])
-			require.Equal(t, tt.status, res.Whalewatch.Response.Status, res.Whalewatch.Response.Reason)
+			require.Equal(t, string(tt.status), res.Whalewatch.Response.Status, res.Whalewatch.Response.Reason)
 			require.Contains(t, res.Whalewatch.Response.Reason, tt.reason)
 			require.Equal(t, req.Event.ID, res.Whalewatch.Response.Target)
-			require.Equal(t, tt.action, res.Event.Action)
+			require.Equal(t, string(tt.action), res.Event.Action)
 			require.Equal(t, id, res.Container.ID)
 			if tt.status == response.StatusDone || tt.status == response.StatusDryRun {
 				require.Equal(t, "success", res.Event.Outcome)
@@ -273,7 +273,7 @@ func TestResponderDecides(t *testing.T) {
 			} else {
 				require.Equal(t, tt.calls, eng.calls)
 			}
-			require.Equal(t, 1.0, testutil.ToFloat64(r.m.results.WithLabelValues(tt.action, tt.status)))
+			require.Equal(t, 1.0, testutil.ToFloat64(r.m.results.WithLabelValues(string(tt.action), string(tt.status))))
 		})
 	}
 }
@@ -294,7 +294,7 @@ func TestResponderRefusesInvalidRequests(t *testing.T) {
 	}
 	require.Len(t, pub.got, 3)
 	for _, res := range pub.got {
-		require.Equal(t, response.StatusRefused, res.Whalewatch.Response.Status)
+		require.Equal(t, string(response.StatusRefused), res.Whalewatch.Response.Status)
 		require.Contains(t, res.Whalewatch.Response.Reason, "invalid request")
 	}
 	require.Empty(t, eng.calls)
@@ -313,9 +313,9 @@ func TestResponderActsOncePerRequest(t *testing.T) {
 	require.Equal(t, []string{"pause"}, eng.calls)
 	require.Len(t, pub.got, 2)
 	require.Equal(t, pub.got[0].Event.ID, pub.got[1].Event.ID, "the stored result is re-published as it was")
-	require.Equal(t, response.StatusDone, pub.got[1].Whalewatch.Response.Status)
+	require.Equal(t, string(response.StatusDone), pub.got[1].Whalewatch.Response.Status)
 	require.Equal(t, 1.0, testutil.ToFloat64(r.m.replays))
-	require.Equal(t, 1.0, testutil.ToFloat64(r.m.results.WithLabelValues(response.Pause, response.StatusDone)))
+	require.Equal(t, 1.0, testutil.ToFloat64(r.m.results.WithLabelValues(string(response.Pause), string(response.StatusDone))))
 }
 
 func TestResponseConfigValidate(t *testing.T) {

@@ -31,10 +31,10 @@ type Policy struct {
 
 // Rule is one policy entry. Every field of Match that is set must fit.
 type Rule struct {
-	Name   string  `yaml:"name"`
-	Match  Match   `yaml:"match"`
-	Action string  `yaml:"action"` // pause, stop, kill, disconnect, limit_cpu
-	CPUs   float64 `yaml:"cpus"`   // limit_cpu only
+	Name   string      `yaml:"name"`
+	Match  Match       `yaml:"match"`
+	Action resp.Action `yaml:"action"` // pause, stop, kill, disconnect, limit_cpu
+	CPUs   float64     `yaml:"cpus"`   // limit_cpu only
 	// DryRun keeps this rule dry-run even when the mode is enforce.
 	DryRun bool `yaml:"dry_run"`
 }

@@ -135,7 +135,7 @@ func TestResponder(t *testing.T) {
 			require.Equal(t, "whalewatch.actions.request.docker-1."+cid1, pub.subj[0])
 			parsed, err := resp.ParseRequest(req)
 			require.NoError(t, err)
-			require.Equal(t, resp.Kill, parsed.Action)
+			require.EqualValues(t, resp.Kill, parsed.Action)
 			require.Equal(t, tt.wantDry, parsed.DryRun)
 			require.Equal(t, th.Event.ID, parsed.Trigger)
 			require.Equal(t, event.DatasetResponse, req.Event.Dataset)

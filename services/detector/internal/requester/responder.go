@@ -125,8 +125,8 @@ func (r *Responder) Respond(ctx context.Context, t *event.Event) (*event.Event, 
 		return nil, nil
 	}
 	dry := r.dryRun || rule.DryRun
-	if !r.admit(t.Container.ID + "\x00" + rule.Action) {
-		r.requests.WithLabelValues(rule.Action, "rate_limited").Inc()
+	if !r.admit(t.Container.ID + "\x00" + string(rule.Action)) {
+		r.requests.WithLabelValues(string(rule.Action), "rate_limited").Inc()
 		return nil, nil
 	}
 	reason := fmt.Sprintf("policy rule %q", rule.Name)
@@ -138,19 +138,19 @@ func (r *Responder) Respond(ctx context.Context, t *event.Event) (*event.Event, 
 		DryRun: dry, Reason: reason, Trigger: t.Event.ID, Container: t.Container, Time: r.now(),
 	})
 	if err != nil {
-		r.requests.WithLabelValues(rule.Action, "error").Inc()
+		r.requests.WithLabelValues(string(rule.Action), "error").Inc()
 		return nil, err
 	}
 	if err := r.pub.Publish(ctx, resp.RequestSubject(req), req); err != nil {
-		r.forget(t.Container.ID + "\x00" + rule.Action)
-		r.requests.WithLabelValues(rule.Action, "error").Inc()
+		r.forget(t.Container.ID + "\x00" + string(rule.Action))
+		r.requests.WithLabelValues(string(rule.Action), "error").Inc()
 		return nil, err
 	}
 	outcome := "published"
 	if dry {
 		outcome = "dry_run"
 	}
-	r.requests.WithLabelValues(rule.Action, outcome).Inc()
+	r.requests.WithLabelValues(string(rule.Action), outcome).Inc()
 	return req, nil
 }
 

@@ -152,7 +152,7 @@ func NewConsumerMetrics(reg prometheus.Registerer) *ConsumerMetrics {
 // JetStream is the part of JetStream a consumer needs.
 type JetStream interface {
 	Publisher
-	CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error)
+	ConsumerManager
 }
 
 // Consumer runs one durable consumer.
@@ -174,27 +174,24 @@ func NewConsumer(js JetStream, cfg ConsumerConfig, h Handler, m *ConsumerMetrics
 // and handles messages until ctx ends. Then it stops pulling, handles what was
 // already delivered (for at most DrainTimeout) and returns nil.
 func (c *Consumer) Run(ctx context.Context) error {
-	var cons jetstream.Consumer
-	err := retry(ctx, func() error {
-		var err error
-		cfg := jetstream.ConsumerConfig{
-			Durable:        c.cfg.Durable,
-			FilterSubjects: c.cfg.FilterSubjects,
-			AckPolicy:      jetstream.AckExplicitPolicy,
-			AckWait:        c.cfg.AckWait,
-			MaxDeliver:     c.cfg.MaxDeliver,
-			MaxAckPending:  c.cfg.MaxAckPending,
-			DeliverPolicy:  jetstream.DeliverAllPolicy,
-		}
-		if len(cfg.FilterSubjects) == 1 {
-			// nats.go puts a single filter in the request's subject, where
-			// NATS permissions can pin it (deploy/nats: a collector may
-			// consume only its own host's requests).
-			cfg.FilterSubject, cfg.FilterSubjects = cfg.FilterSubjects[0], nil
-		}
-		cons, err = c.js.CreateOrUpdateConsumer(ctx, c.cfg.Stream, cfg)
-		return err
-	}, func(err error) { c.log.Warn("creating consumer, will retry", "stream", c.cfg.Stream, "err", err) })
+	cfg := jetstream.ConsumerConfig{
+		Durable:        c.cfg.Durable,
+		FilterSubjects: c.cfg.FilterSubjects,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        c.cfg.AckWait,
+		MaxDeliver:     c.cfg.MaxDeliver,
+		MaxAckPending:  c.cfg.MaxAckPending,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	}
+	if len(cfg.FilterSubjects) == 1 {
+		// nats.go puts a single filter in the request's subject, where
+		// NATS permissions can pin it (deploy/nats: a collector may
+		// consume only its own host's requests).
+		cfg.FilterSubject, cfg.FilterSubjects = cfg.FilterSubjects[0], nil
+	}
+	cons, err := EnsureConsumer(ctx, c.js, c.cfg.Stream, cfg, func(err error) {
+		c.log.Warn("creating consumer, will retry", "stream", c.cfg.Stream, "err", err)
+	})
 	if err != nil {
 		return nil // ctx ended before NATS answered: nothing to drain
 	}

@@ -124,14 +124,22 @@ const attemptTimeout = 2 * time.Second
 const retryPause = 250 * time.Millisecond
 
 // Open opens the bucket, creating it with cfg when it does not exist yet.
-// An existing bucket is used as it is configured.
+// An existing bucket is used as it is configured. Each request is bounded by
+// a short deadline (a busy meta leader may lose its answer; the bucket is
+// then read back), so a caller that retries Open is ready soon after NATS is.
 func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
 	if cfg.Lease <= 0 {
 		return nil, errors.New("claim lease must be positive")
 	}
-	kv, err := js.KeyValue(ctx, cfg.Bucket)
+	lookup := func() (jetstream.KeyValue, error) {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		defer cancel()
+		return js.KeyValue(actx, cfg.Bucket)
+	}
+	kv, err := lookup()
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		kv, err = js.CreateKeyValue(actx, jetstream.KeyValueConfig{
 			Bucket:      cfg.Bucket,
 			Description: cfg.Description,
 			TTL:         cfg.TTL,
@@ -139,8 +147,11 @@ func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
 			Storage:     jetstream.FileStorage,
 			Replicas:    max(cfg.Replicas, 1),
 		})
-		if errors.Is(err, jetstream.ErrBucketExists) { // another replica was first
-			kv, err = js.KeyValue(ctx, cfg.Bucket)
+		cancel()
+		if err != nil { // another replica was first, or the answer was lost
+			if kv2, lerr := lookup(); lerr == nil {
+				kv, err = kv2, nil
+			}
 		}
 	}
 	if err != nil {

@@ -49,8 +49,9 @@ type Cluster struct {
 }
 
 // New starts a three-node JetStream cluster on loopback with random ports
-// and stores in temporary directories, and returns once it has a meta
-// leader. It is shut down when the test ends.
+// and stores in temporary directories, and returns once it is ready: a meta
+// leader that sees every node online with JetStream (before that, creating
+// an R3 stream fails with "no suitable peers for placement"). It is shut down when the test ends.
 func New(tb testing.TB) *Cluster {
 	tb.Helper()
 	c := &Cluster{tb: tb}
@@ -114,8 +115,22 @@ func New(tb testing.TB) *Cluster {
 			p.close()
 		}
 	})
-	c.WaitMetaLeader(30 * time.Second)
+	c.WaitReady(30 * time.Second)
 	return c
+}
+
+// WaitReady waits until the meta leader sees every running node online.
+func (c *Cluster) WaitReady(timeout time.Duration) {
+	c.tb.Helper()
+	c.wait(timeout, "meta leader seeing every node", func() int {
+		running := 0
+		for i := range Size {
+			if c.Server(i) != nil {
+				running++
+			}
+		}
+		return c.find(func(s *server.Server) bool { return len(s.JetStreamClusterPeers()) == running })
+	})
 }
 
 func (c *Cluster) start(i int) {

@@ -196,7 +196,13 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return nil // ctx ended before NATS answered: nothing to drain
 	}
 
-	iter, err := cons.Messages(jetstream.PullMaxMessages(max(2*c.cfg.BatchSize, 64)))
+	// The server sends an idle heartbeat every second to a waiting pull, so
+	// that a pull parked on a consumer leader that died (a NATS node went
+	// away) is noticed after two missed beats and made again to the new
+	// leader, rather than after the pull's 30 s expiry. The pull asks for a
+	// bounded number of messages, so a reconnect never floods the client's
+	// buffer (a slow consumer drops messages, which then wait out AckWait).
+	iter, err := cons.Messages(jetstream.PullMaxMessages(max(2*c.cfg.BatchSize, 64)), jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", c.cfg.Durable, err)
 	}
@@ -259,7 +265,9 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
 		return
 	}
 	start := time.Now()
+	stop := c.holdProgress(handled)
 	errs := c.handler.Handle(ctx, events)
+	stop()
 	c.metrics.duration.WithLabelValues(c.cfg.Durable).Observe(time.Since(start).Seconds())
 	if len(errs) != len(events) {
 		// A handler bug; retry everything rather than guess.
@@ -272,6 +280,34 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
 	}
 	for i, m := range handled {
 		c.settle(ctx, m, errs[i])
+	}
+}
+
+// holdProgress sends in-progress acks for msgs every third of AckWait until
+// stop is called, so that the server redelivers nothing this live consumer
+// holds, however long the handler takes: AckWait is then only the time a
+// crashed consumer's messages wait for another.
+func (c *Consumer) holdProgress(msgs []jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		t := time.NewTicker(max(c.cfg.AckWait/3, 100*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-finished
 	}
 }
 

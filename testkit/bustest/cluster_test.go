@@ -14,6 +14,8 @@ import (
 
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/claim"
+	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/subject"
 	"github.com/whalewatch/whalewatch/testkit/natscluster"
 )
 
@@ -108,4 +110,107 @@ func TestClusterStartUpManyAtOnce(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, 3, info.CachedInfo().Config.Replicas)
 	}
+}
+
+// failoverRun is what one run through a leader kill measured.
+type failoverRun struct {
+	handled     int           // handler calls, redeliveries included
+	redelivered int           // handler calls for an event seen before
+	stored      uint64        // outputs stored (one per event id)
+	worst       time.Duration // longest time from publish to first handling
+}
+
+// A pkg/bus consumer (as the detector, indexer and collector use it) rides
+// through the kill of its consumer's leader under load: every event is
+// handled and output once, and none waits long for it.
+func TestClusterConsumerThroughLeaderKill(t *testing.T) {
+	t.Parallel()
+	r := runConsumerFailover(t, 1200, 150)
+	t.Logf("1200 events at 150/s, consumer leader killed and restarted: %d outputs, %d handled (%d redelivered), longest wait %v",
+		r.stored, r.handled, r.redelivered, r.worst.Round(time.Millisecond))
+	require.EqualValues(t, 1200, r.stored, "outputs: none lost, none twice")
+	// The target is under 10 s; the bound leaves room for a loaded machine.
+	require.Less(t, r.worst, 15*time.Second, "longest wait after the leader change")
+}
+
+func runConsumerFailover(t *testing.T, n, rate int) failoverRun {
+	c := natscluster.New(t)
+	_, admin := c.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	require.NoError(t, bus.EnsureStreamsRetry(ctx, admin, clusterStreams(t), nil))
+	_, err := admin.CreateStream(ctx, jetstream.StreamConfig{Name: "OUT", Subjects: []string{"out.>"}, Replicas: 3, Duplicates: 10 * time.Minute})
+	require.NoError(t, err)
+
+	var mu sync.Mutex
+	published := map[string]time.Time{}
+	seen := map[string]int{}
+	var run failoverRun
+	out := connectService(t, c, "output")
+	handler := bus.HandlerFunc(func(ctx context.Context, batch []*event.Event) []error {
+		errs := make([]error, len(batch))
+		for i, e := range batch {
+			mu.Lock()
+			run.handled++
+			if seen[e.Event.ID]++; seen[e.Event.ID] > 1 {
+				run.redelivered++
+			} else if p, ok := published[e.Event.ID]; ok {
+				run.worst = max(run.worst, time.Since(p))
+			}
+			mu.Unlock()
+			// The output, as a detector's threat: published with the
+			// event's id, so a redelivery is stored once.
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, errs[i] = out.Publish(pctx, "out."+e.Event.ID, nil, jetstream.WithMsgID(e.Event.ID))
+			cancel()
+		}
+		return errs
+	})
+	runConsumer(t, connectService(t, c, "consumer"), bus.ConsumerConfig{
+		Stream: bus.StreamTelemetry, Durable: "failover", BatchSize: 1, MaxDeliver: -1,
+	}, handler)
+	leader := c.WaitConsumerLeader(bus.StreamTelemetry, "failover", 20*time.Second)
+
+	pub := connectService(t, c, "publisher")
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	for i := range n {
+		<-tick.C
+		switch i {
+		case n / 3:
+			c.Kill(leader)
+		case 2 * n / 3:
+			c.Restart(leader)
+		}
+		e := telemetry(fmt.Sprintf("ev%05d", i))
+		data, err := event.Marshal(e)
+		require.NoError(t, err)
+		mu.Lock()
+		published[e.Event.ID] = time.Now()
+		mu.Unlock()
+		// A collector retries a publish until it is stored.
+		for {
+			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := pub.Publish(pctx, subject.ForTelemetry(e), data, jetstream.WithMsgID(e.Event.ID))
+			cancel()
+			if err == nil || ctx.Err() != nil {
+				break
+			}
+		}
+	}
+	stream, err := admin.Stream(ctx, "OUT")
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := stream.Info(ctx)
+		if err == nil {
+			run.stored = info.State.Msgs
+		}
+		return run.stored >= uint64(n)
+	}, 60*time.Second, 100*time.Millisecond, "every event output")
+	info, err := stream.Info(ctx)
+	require.NoError(t, err)
+	run.stored = info.State.Msgs
+	mu.Lock()
+	defer mu.Unlock()
+	return run
 }

@@ -379,3 +379,36 @@ func freePort(tb testing.TB) int {
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
 }
+
+// Name is node i's server name (n1, n2, n3).
+func (c *Cluster) Name(i int) string { return c.opts[i].ServerName }
+
+// MoveStreamLeader asks stream's leader to step down in favour of node i
+// (a KV bucket's stream is KV_<bucket>), and waits until i leads it: a test
+// puts the leaders of a consumer, its stream and a ledger on one node, so
+// that one kill takes them all, as in issue 13's worst runs.
+func (c *Cluster) MoveStreamLeader(nc *nats.Conn, stream string, i int) {
+	c.tb.Helper()
+	c.move(nc, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, i, func() int { return c.StreamLeader(stream) })
+}
+
+// MoveConsumerLeader does MoveStreamLeader for a consumer.
+func (c *Cluster) MoveConsumerLeader(nc *nats.Conn, stream, consumer string, i int) {
+	c.tb.Helper()
+	c.move(nc, "$JS.API.CONSUMER.LEADER.STEPDOWN."+stream+"."+consumer, i, func() int { return c.ConsumerLeader(stream, consumer) })
+}
+
+func (c *Cluster) move(nc *nats.Conn, api string, i int, leader func() int) {
+	c.tb.Helper()
+	body := []byte(`{"placement":{"preferred":"` + c.Name(i) + `"}}`)
+	deadline := time.Now().Add(30 * time.Second)
+	for leader() != i {
+		if time.Now().After(deadline) {
+			c.tb.Fatalf("%s: node %d did not become leader", api, i)
+		}
+		if l := leader(); l >= 0 && l != i {
+			_, _ = nc.Request(api, body, 2*time.Second)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

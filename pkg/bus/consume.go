@@ -87,7 +87,10 @@ type ConsumerConfig struct {
 	// FlushInterval is how long a batch may wait to fill once its first event
 	// arrived. Zero hands over what is there without waiting.
 	FlushInterval time.Duration
-	// AckWait is how long the server waits for an ack before redelivering.
+	// AckWait is how long the server waits for an ack (or an in-progress
+	// ack, sent while the handler holds a batch) before redelivering; 30 s
+	// by default. It is also how long a message waits that a consumer
+	// leader sent just before it died, or a crashed replica held.
 	AckWait time.Duration
 	// MaxDeliver bounds deliveries of one message (-1: unlimited, for sinks
 	// that must outlast an outage of what they write to).
@@ -199,10 +202,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// The server sends an idle heartbeat every second to a waiting pull, so
 	// that a pull parked on a consumer leader that died (a NATS node went
 	// away) is noticed after two missed beats and made again to the new
-	// leader, rather than after the pull's 30 s expiry. The pull asks for a
+	// leader, rather than after the pull's expiry (30 s by default; 10 s
+	// here, so that even a pull a server keeps alive without delivering is
+	// made again soon). The pull asks for a
 	// bounded number of messages, so a reconnect never floods the client's
 	// buffer (a slow consumer drops messages, which then wait out AckWait).
-	iter, err := cons.Messages(jetstream.PullMaxMessages(max(2*c.cfg.BatchSize, 64)), jetstream.PullHeartbeat(time.Second))
+	iter, err := cons.Messages(jetstream.PullMaxMessages(max(2*c.cfg.BatchSize, 64)), jetstream.PullHeartbeat(time.Second), jetstream.PullExpiry(10*time.Second))
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", c.cfg.Durable, err)
 	}

@@ -104,48 +104,58 @@ type StreamManager interface {
 }
 
 // APITimeout bounds one JetStream API request made at start-up (creating or
-// updating a stream, consumer or KV bucket). On a cluster such a request
-// goes through the meta leader, which may be busy with other services'
-// requests or not elected yet; its answer may then be lost although the
-// request was applied. A request that is not answered within APITimeout is
-// confirmed by reading the info back, and retried with back-off when not
-// applied: nothing waits out a long timeout behind a busy meta leader.
-const APITimeout = time.Second
+// updating a stream, consumer or KV bucket) on the first try. On a cluster
+// such a request goes through the meta leader, which may be busy with other
+// services' requests or not elected yet; its answer may then be lost
+// although the request was applied. A request that is not answered in time
+// is confirmed by reading the info back, and retried with back-off when not
+// applied, each retry waiting twice as long (up to MaxAPITimeout, for a
+// cluster that is slow rather than losing answers): nothing waits out a
+// long timeout behind a busy meta leader.
+const (
+	APITimeout    = time.Second
+	MaxAPITimeout = 10 * time.Second
+)
 
 // EnsureStreams creates or updates every stream so that it matches c. It is
 // idempotent: every service calls it at start, in any order, and the streams
-// are ensured at once rather than one after another.
+// are ensured at once rather than one after another. Each request may take
+// MaxAPITimeout (EnsureStreamsRetry starts shorter).
 func EnsureStreams(ctx context.Context, js StreamManager, c StreamsConfig) error {
+	return ensureStreams(ctx, js, c, MaxAPITimeout)
+}
+
+func ensureStreams(ctx context.Context, js StreamManager, c StreamsConfig, timeout time.Duration) error {
 	specs := c.Specs()
 	errs := make([]error, len(specs))
 	var wg sync.WaitGroup
 	for i, spec := range specs {
-		wg.Go(func() { errs[i] = ensureStream(ctx, js, spec) })
+		wg.Go(func() { errs[i] = ensureStream(ctx, js, spec, timeout) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-func ensureStream(ctx context.Context, js StreamManager, spec jetstream.StreamConfig) error {
+func ensureStream(ctx context.Context, js StreamManager, spec jetstream.StreamConfig, timeout time.Duration) error {
 	// Most starts find the stream as they want it: reading is cheaper for
 	// the meta leader than an update, and leaves the stream alone.
-	if streamIs(ctx, js, spec) {
+	if streamIs(ctx, js, spec, timeout) {
 		return nil
 	}
-	actx, cancel := context.WithTimeout(ctx, APITimeout)
+	actx, cancel := context.WithTimeout(ctx, timeout)
 	_, err := js.CreateOrUpdateStream(actx, spec)
 	cancel()
 	// A create that another service made first with the same configuration,
 	// or whose answer was lost, is there to read.
-	if err == nil || streamIs(ctx, js, spec) {
+	if err == nil || streamIs(ctx, js, spec, timeout) {
 		return nil
 	}
 	return fmt.Errorf("ensuring stream %s: %w", spec.Name, err)
 }
 
 // streamIs reports whether the stream exists with what spec asks.
-func streamIs(ctx context.Context, js StreamManager, spec jetstream.StreamConfig) bool {
-	actx, cancel := context.WithTimeout(ctx, APITimeout)
+func streamIs(ctx context.Context, js StreamManager, spec jetstream.StreamConfig, timeout time.Duration) bool {
+	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	st, err := js.Stream(actx, spec.Name)
 	return err == nil && sameStream(st.CachedInfo().Config, spec)
@@ -161,7 +171,12 @@ func sameStream(got, spec jetstream.StreamConfig) bool {
 // EnsureStreamsRetry calls EnsureStreams until it succeeds or ctx ends, so a
 // service may start before NATS does.
 func EnsureStreamsRetry(ctx context.Context, js StreamManager, c StreamsConfig, onErr func(error)) error {
-	return retry(ctx, func() error { return EnsureStreams(ctx, js, c) }, onErr)
+	timeout := APITimeout
+	return retry(ctx, func() error {
+		err := ensureStreams(ctx, js, c, timeout)
+		timeout = min(2*timeout, MaxAPITimeout)
+		return err
+	}, onErr)
 }
 
 // ConsumerManager is the part of JetStream EnsureConsumer needs.
@@ -174,15 +189,17 @@ type ConsumerManager interface {
 // EnsureStreams does streams, retrying until it exists with cfg or ctx ends.
 func EnsureConsumer(ctx context.Context, js ConsumerManager, stream string, cfg jetstream.ConsumerConfig, onErr func(error)) (jetstream.Consumer, error) {
 	var cons jetstream.Consumer
+	timeout := APITimeout
 	err := retry(ctx, func() error {
-		actx, cancel := context.WithTimeout(ctx, APITimeout)
+		defer func() { timeout = min(2*timeout, MaxAPITimeout) }()
+		actx, cancel := context.WithTimeout(ctx, timeout)
 		c, err := js.CreateOrUpdateConsumer(actx, stream, cfg)
 		cancel()
 		if err == nil {
 			cons = c
 			return nil
 		}
-		actx, cancel = context.WithTimeout(ctx, APITimeout)
+		actx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 		if c, ierr := js.Consumer(actx, stream, cfg.Durable); ierr == nil && sameConsumer(c.CachedInfo().Config, cfg) {
 			cons = c

@@ -42,6 +42,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -114,46 +115,50 @@ type Store struct {
 	now   func() time.Time
 }
 
-// attemptTimeout bounds one KV request. A request whose answer is lost
-// (e.g. its stream leader died) is retried after it rather than waited on
-// until the caller's deadline.
-const attemptTimeout = 2 * time.Second
+// attemptTimeout bounds the first try of a KV request; each retry waits
+// twice as long, up to maxAttemptTimeout. A request whose answer is lost
+// (e.g. its stream leader died) is retried rather than waited on until the
+// caller's deadline, and a slow cluster still gets the time it needs.
+const (
+	attemptTimeout    = 2 * time.Second
+	maxAttemptTimeout = 8 * time.Second
+)
 
 // retryPause is the pause between two attempts of a request that failed
 // for want of a stream leader.
 const retryPause = 250 * time.Millisecond
 
 // Open opens the bucket, creating it with cfg when it does not exist yet.
-// An existing bucket is used as it is configured. Each request is bounded by
-// a short deadline (a busy meta leader may lose its answer; the bucket is
-// then read back), so a caller that retries Open is ready soon after NATS is.
+// An existing bucket is used as it is configured. A request left unanswered
+// (a busy meta leader may lose its answer; the bucket is then read back) is
+// retried with a growing deadline until ctx ends, so Open returns soon after
+// NATS can answer; an answer that is an error (e.g. a permission) is
+// returned at once.
 func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
 	if cfg.Lease <= 0 {
 		return nil, errors.New("claim lease must be positive")
 	}
-	lookup := func() (jetstream.KeyValue, error) {
-		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-		defer cancel()
-		return js.KeyValue(actx, cfg.Bucket)
+	kvCfg := jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket,
+		Description: cfg.Description,
+		TTL:         cfg.TTL,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(cfg.Replicas, 1),
 	}
-	kv, err := lookup()
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
-		kv, err = js.CreateKeyValue(actx, jetstream.KeyValueConfig{
-			Bucket:      cfg.Bucket,
-			Description: cfg.Description,
-			TTL:         cfg.TTL,
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    max(cfg.Replicas, 1),
-		})
-		cancel()
+	kv, err := attempt(ctx, opened, func(ctx context.Context) (jetstream.KeyValue, error) {
+		kv, err := js.KeyValue(ctx, cfg.Bucket)
+		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return kv, err
+		}
+		kv, err = js.CreateKeyValue(ctx, kvCfg)
 		if err != nil { // another replica was first, or the answer was lost
-			if kv2, lerr := lookup(); lerr == nil {
-				kv, err = kv2, nil
+			if kv2, lerr := js.KeyValue(ctx, cfg.Bucket); lerr == nil {
+				return kv2, nil
 			}
 		}
-	}
+		return kv, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("opening KV bucket %s: %w", cfg.Bucket, err)
 	}
@@ -176,8 +181,8 @@ func (s *Store) heldValue() []byte {
 // retryPause while it fails with an error other than those final says are
 // answers, until ctx ends; then it returns f's last error.
 func attempt[T any](ctx context.Context, final func(error) bool, f func(ctx context.Context) (T, error)) (T, error) {
-	for {
-		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	for timeout := attemptTimeout; ; timeout = min(2*timeout, maxAttemptTimeout) {
+		actx, cancel := context.WithTimeout(ctx, timeout)
 		v, err := f(actx)
 		cancel()
 		if err == nil || final(err) || ctx.Err() != nil {
@@ -197,6 +202,13 @@ func answered(err error) bool {
 	var apiErr *jetstream.APIError
 	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) ||
 		errors.Is(err, jetstream.ErrKeyDeleted) || errors.As(err, &apiErr)
+}
+
+// opened reports whether err from opening a bucket is an answer (e.g. a
+// permission error), not a request left unanswered.
+func opened(err error) bool {
+	return !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) &&
+		!errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, jetstream.ErrNoStreamResponse)
 }
 
 func (s *Store) get(ctx context.Context, k string) (jetstream.KeyValueEntry, error) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -145,7 +146,11 @@ func runConsumer(tb testing.TB, js jetstream.JetStream, cfg bus.ConsumerConfig, 
 	tb.Helper()
 	reg := prometheus.NewRegistry()
 	m := bus.NewConsumerMetrics(reg)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var w io.Writer = io.Discard
+	if os.Getenv("WHALEWATCH_TEST_LOG") != "" {
+		w = os.Stderr
+	}
+	log := slog.New(slog.NewTextHandler(w, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- bus.NewConsumer(js, cfg, h, m, log).Run(ctx) }()

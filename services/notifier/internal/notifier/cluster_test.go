@@ -61,10 +61,15 @@ func runClusterLeaderKill(t *testing.T, n, rate int, slackDelay time.Duration) (
 	}}
 	sc.flags["slack-webhook-url"] = sc.slack.WebhookURL()
 	sc.slack.SetDelay(slackDelay)
+	started := time.Now()
 	sc.start(nil)
 
 	const durable = "notifier-slack-webhook-high"
 	leader := c.WaitConsumerLeader(bus.StreamThreats, durable, 30*time.Second)
+	for _, sev := range event.Severities {
+		c.WaitConsumerLeader(bus.StreamThreats, "notifier-slack-webhook-"+string(sev), 30*time.Second)
+	}
+	t.Logf("notifier consuming every severity %v after its start on a fresh cluster", time.Since(started).Round(time.Millisecond))
 	c.WaitStreamLeader("KV_"+LedgerBucket, 30*time.Second)
 	c.MoveStreamLeader(nc, "KV_"+LedgerBucket, leader)
 	c.MoveStreamLeader(nc, bus.StreamThreats, leader)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -293,26 +294,30 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
 // holds, however long the handler takes: AckWait is then only the time a
 // crashed consumer's messages wait for another.
 func (c *Consumer) holdProgress(msgs []jetstream.Msg) (stop func()) {
-	done := make(chan struct{})
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		t := time.NewTicker(max(c.cfg.AckWait/3, 100*time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				for _, m := range msgs {
-					_ = m.InProgress()
-				}
-			}
+	// A timer rather than a goroutine: most batches are settled long
+	// before the first tick, and this runs once per batch on the hot path.
+	every := max(c.cfg.AckWait/3, 100*time.Millisecond)
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	mu.Lock() // t is set before the first tick reads it
+	defer mu.Unlock()
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
 		}
-	}()
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+		t.Reset(every)
+	})
 	return func() {
-		close(done)
-		<-finished
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
 	}
 }
 

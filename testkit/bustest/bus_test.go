@@ -279,3 +279,33 @@ func TestConsumerBatchesAndStopsCleanly(t *testing.T) {
 
 	require.NoError(t, stop())
 }
+
+// A handler that takes longer than AckWait keeps its message: the consumer
+// sends in-progress acks while it works, so the server redelivers nothing.
+func TestConsumerHoldsSlowWork(t *testing.T) {
+	t.Parallel()
+	_, js := setup(t)
+	var mu sync.Mutex
+	handled := 0
+	runConsumer(t, js, bus.ConsumerConfig{Stream: bus.StreamTelemetry, Durable: "slow", AckWait: time.Second},
+		bus.Each(func(ctx context.Context, e *event.Event) error {
+			mu.Lock()
+			handled++
+			mu.Unlock()
+			time.Sleep(2500 * time.Millisecond) // the slow work itself, 2.5 × AckWait
+			return nil
+		}))
+	publish(t, js, telemetry("slow-1"))
+	ctx := context.Background()
+	require.Eventually(t, func() bool {
+		c, err := js.Consumer(ctx, bus.StreamTelemetry, "slow")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.AckFloor.Stream == 1 && info.NumAckPending == 0
+	}, 20*time.Second, 50*time.Millisecond, "the message is acked")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, 1, handled, "handled once, never redelivered while held")
+}

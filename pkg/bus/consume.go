@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -87,7 +88,10 @@ type ConsumerConfig struct {
 	// FlushInterval is how long a batch may wait to fill once its first event
 	// arrived. Zero hands over what is there without waiting.
 	FlushInterval time.Duration
-	// AckWait is how long the server waits for an ack before redelivering.
+	// AckWait is how long the server waits for an ack (or an in-progress
+	// ack, sent while the handler holds a batch) before redelivering; 30 s
+	// by default. It is also how long a message waits that a consumer
+	// leader sent just before it died, or a crashed replica held.
 	AckWait time.Duration
 	// MaxDeliver bounds deliveries of one message (-1: unlimited, for sinks
 	// that must outlast an outage of what they write to).
@@ -152,7 +156,7 @@ func NewConsumerMetrics(reg prometheus.Registerer) *ConsumerMetrics {
 // JetStream is the part of JetStream a consumer needs.
 type JetStream interface {
 	Publisher
-	CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error)
+	ConsumerManager
 }
 
 // Consumer runs one durable consumer.
@@ -174,32 +178,37 @@ func NewConsumer(js JetStream, cfg ConsumerConfig, h Handler, m *ConsumerMetrics
 // and handles messages until ctx ends. Then it stops pulling, handles what was
 // already delivered (for at most DrainTimeout) and returns nil.
 func (c *Consumer) Run(ctx context.Context) error {
-	var cons jetstream.Consumer
-	err := retry(ctx, func() error {
-		var err error
-		cfg := jetstream.ConsumerConfig{
-			Durable:        c.cfg.Durable,
-			FilterSubjects: c.cfg.FilterSubjects,
-			AckPolicy:      jetstream.AckExplicitPolicy,
-			AckWait:        c.cfg.AckWait,
-			MaxDeliver:     c.cfg.MaxDeliver,
-			MaxAckPending:  c.cfg.MaxAckPending,
-			DeliverPolicy:  jetstream.DeliverAllPolicy,
-		}
-		if len(cfg.FilterSubjects) == 1 {
-			// nats.go puts a single filter in the request's subject, where
-			// NATS permissions can pin it (deploy/nats: a collector may
-			// consume only its own host's requests).
-			cfg.FilterSubject, cfg.FilterSubjects = cfg.FilterSubjects[0], nil
-		}
-		cons, err = c.js.CreateOrUpdateConsumer(ctx, c.cfg.Stream, cfg)
-		return err
-	}, func(err error) { c.log.Warn("creating consumer, will retry", "stream", c.cfg.Stream, "err", err) })
+	cfg := jetstream.ConsumerConfig{
+		Durable:        c.cfg.Durable,
+		FilterSubjects: c.cfg.FilterSubjects,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        c.cfg.AckWait,
+		MaxDeliver:     c.cfg.MaxDeliver,
+		MaxAckPending:  c.cfg.MaxAckPending,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	}
+	if len(cfg.FilterSubjects) == 1 {
+		// nats.go puts a single filter in the request's subject, where
+		// NATS permissions can pin it (deploy/nats: a collector may
+		// consume only its own host's requests).
+		cfg.FilterSubject, cfg.FilterSubjects = cfg.FilterSubjects[0], nil
+	}
+	cons, err := EnsureConsumer(ctx, c.js, c.cfg.Stream, cfg, func(err error) {
+		c.log.Warn("creating consumer, will retry", "stream", c.cfg.Stream, "err", err)
+	})
 	if err != nil {
 		return nil // ctx ended before NATS answered: nothing to drain
 	}
 
-	iter, err := cons.Messages(jetstream.PullMaxMessages(max(2*c.cfg.BatchSize, 64)))
+	// The server sends an idle heartbeat every second to a waiting pull, so
+	// that a pull parked on a consumer leader that died (a NATS node went
+	// away) is noticed after two missed beats and made again to the new
+	// leader, rather than after the pull's expiry (30 s by default; 10 s
+	// here, so that even a pull a server keeps alive without delivering is
+	// made again soon). The pull asks for a
+	// bounded number of messages, so a reconnect never floods the client's
+	// buffer (a slow consumer drops messages, which then wait out AckWait).
+	iter, err := cons.Messages(jetstream.PullMaxMessages(max(2*c.cfg.BatchSize, 64)), jetstream.PullHeartbeat(time.Second), jetstream.PullExpiry(10*time.Second))
 	if err != nil {
 		return fmt.Errorf("consumer %s: %w", c.cfg.Durable, err)
 	}
@@ -262,7 +271,9 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
 		return
 	}
 	start := time.Now()
+	stop := c.holdProgress(handled)
 	errs := c.handler.Handle(ctx, events)
+	stop()
 	c.metrics.duration.WithLabelValues(c.cfg.Durable).Observe(time.Since(start).Seconds())
 	if len(errs) != len(events) {
 		// A handler bug; retry everything rather than guess.
@@ -275,6 +286,38 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
 	}
 	for i, m := range handled {
 		c.settle(ctx, m, errs[i])
+	}
+}
+
+// holdProgress sends in-progress acks for msgs every third of AckWait until
+// stop is called, so that the server redelivers nothing this live consumer
+// holds, however long the handler takes: AckWait is then only the time a
+// crashed consumer's messages wait for another.
+func (c *Consumer) holdProgress(msgs []jetstream.Msg) (stop func()) {
+	// A timer rather than a goroutine: most batches are settled long
+	// before the first tick, and this runs once per batch on the hot path.
+	every := max(c.cfg.AckWait/3, 100*time.Millisecond)
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	mu.Lock() // t is set before the first tick reads it
+	defer mu.Unlock()
+	t = time.AfterFunc(every, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+		t.Reset(every)
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
 	}
 }
 

@@ -19,6 +19,13 @@
 //     So a crash repeats at most the effects in flight at that moment (one
 //     per worker that handles one message at a time), after at most Lease.
 //
+// On a NATS cluster a KV write may be stored although its answer is lost (the
+// bucket's stream leader died, or a new one was being elected): Claim and
+// Done retry each write with a short deadline until the caller's context
+// ends, and read the key back to learn whether an unanswered write landed,
+// so a leader change delays a claim but neither loses it nor makes its own
+// earlier attempt look like another worker's claim.
+//
 // Keys come from the wire and are hashed when they are not plain KV keys
 // (see Key).
 package claim
@@ -32,8 +39,10 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -102,29 +111,54 @@ type Store struct {
 	kv    jetstream.KeyValue
 	lease time.Duration
 	owner string
+	seq   atomic.Uint64 // makes every claim's value unique
 	now   func() time.Time
 }
 
+// attemptTimeout bounds the first try of a KV request; each retry waits
+// twice as long, up to maxAttemptTimeout. A request whose answer is lost
+// (e.g. its stream leader died) is retried rather than waited on until the
+// caller's deadline, and a slow cluster still gets the time it needs.
+const (
+	attemptTimeout    = 2 * time.Second
+	maxAttemptTimeout = 8 * time.Second
+)
+
+// retryPause is the pause between two attempts of a request that failed
+// for want of a stream leader.
+const retryPause = 250 * time.Millisecond
+
 // Open opens the bucket, creating it with cfg when it does not exist yet.
-// An existing bucket is used as it is configured.
+// An existing bucket is used as it is configured. A request left unanswered
+// (a busy meta leader may lose its answer; the bucket is then read back) is
+// retried with a growing deadline until ctx ends, so Open returns soon after
+// NATS can answer; an answer that is an error (e.g. a permission) is
+// returned at once.
 func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
 	if cfg.Lease <= 0 {
 		return nil, errors.New("claim lease must be positive")
 	}
-	kv, err := js.KeyValue(ctx, cfg.Bucket)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		kv, err = js.CreateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      cfg.Bucket,
-			Description: cfg.Description,
-			TTL:         cfg.TTL,
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    max(cfg.Replicas, 1),
-		})
-		if errors.Is(err, jetstream.ErrBucketExists) { // another replica was first
-			kv, err = js.KeyValue(ctx, cfg.Bucket)
-		}
+	kvCfg := jetstream.KeyValueConfig{
+		Bucket:      cfg.Bucket,
+		Description: cfg.Description,
+		TTL:         cfg.TTL,
+		History:     1,
+		Storage:     jetstream.FileStorage,
+		Replicas:    max(cfg.Replicas, 1),
 	}
+	kv, err := attempt(ctx, opened, func(ctx context.Context) (jetstream.KeyValue, error) {
+		kv, err := js.KeyValue(ctx, cfg.Bucket)
+		if !errors.Is(err, jetstream.ErrBucketNotFound) {
+			return kv, err
+		}
+		kv, err = js.CreateKeyValue(ctx, kvCfg)
+		if err != nil { // another replica was first, or the answer was lost
+			if kv2, lerr := js.KeyValue(ctx, cfg.Bucket); lerr == nil {
+				return kv2, nil
+			}
+		}
+		return kv, err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("opening KV bucket %s: %w", cfg.Bucket, err)
 	}
@@ -133,14 +167,52 @@ func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
 	return &Store{kv: kv, lease: cfg.Lease, owner: hex.EncodeToString(id[:]), now: time.Now}, nil
 }
 
-// Values stored under a key: "done", or "held <unix-ms> <owner>" while a
-// claim's lease runs. Anything else (e.g. a timestamp written by an older
+// Values stored under a key: "done <owner>-<n>", or "held <unix-ms>
+// <owner>-<n>" while a claim's lease runs. Anything else (e.g. a timestamp written by an older
 // ledger) counts as done.
 const valueDone = "done"
 
 func (s *Store) heldValue() []byte {
 	until := s.now().Add(s.lease).UnixMilli()
-	return []byte("held " + strconv.FormatInt(until, 10) + " " + s.owner)
+	return []byte("held " + strconv.FormatInt(until, 10) + " " + s.owner + "-" + strconv.FormatUint(s.seq.Add(1), 10))
+}
+
+// attempt calls f with a context bounded by attemptTimeout, again after
+// retryPause while it fails with an error other than those final says are
+// answers, until ctx ends; then it returns f's last error.
+func attempt[T any](ctx context.Context, final func(error) bool, f func(ctx context.Context) (T, error)) (T, error) {
+	for timeout := attemptTimeout; ; timeout = min(2*timeout, maxAttemptTimeout) {
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		v, err := f(actx)
+		cancel()
+		if err == nil || final(err) || ctx.Err() != nil {
+			return v, err
+		}
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(retryPause):
+		}
+	}
+}
+
+// answered reports whether err is the server's answer about the key rather
+// than a failure to reach it.
+func answered(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyNotFound) ||
+		errors.Is(err, jetstream.ErrKeyDeleted) || errors.As(err, &apiErr)
+}
+
+// opened reports whether err from opening a bucket is an answer (e.g. a
+// permission error), not a request left unanswered.
+func opened(err error) bool {
+	return !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) &&
+		!errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+func (s *Store) get(ctx context.Context, k string) (jetstream.KeyValueEntry, error) {
+	return attempt(ctx, answered, func(ctx context.Context) (jetstream.KeyValueEntry, error) { return s.kv.Get(ctx, k) })
 }
 
 // parse returns whether v is a claim in progress and when its lease ends.
@@ -157,23 +229,28 @@ func parse(v []byte) (held bool, until time.Time) {
 }
 
 // Claim tries to claim key. An error means nothing is known: retry later,
-// and do not do the effect.
+// and do not do the effect. Writes whose answers are lost are retried until
+// ctx ends.
 func (s *Store) Claim(ctx context.Context, key string) (Claim, error) {
 	k := Key(key)
 	for range 3 { // the key may expire or be released between two calls
-		rev, err := s.kv.Create(ctx, k, s.heldValue())
+		v := s.heldValue()
+		rev, err := attempt(ctx, answered, func(ctx context.Context) (uint64, error) { return s.kv.Create(ctx, k, v) })
 		if err == nil {
 			return Claim{State: Won, Key: k, rev: rev}, nil
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return Claim{}, fmt.Errorf("claiming %s: %w", k, err)
 		}
-		e, err := s.kv.Get(ctx, k)
+		e, err := s.get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			continue
 		}
 		if err != nil {
 			return Claim{}, fmt.Errorf("reading claim %s: %w", k, err)
+		}
+		if string(e.Value()) == string(v) { // an attempt whose answer was lost landed
+			return Claim{State: Won, Key: k, rev: e.Revision()}, nil
 		}
 		held, until := parse(e.Value())
 		if !held {
@@ -184,7 +261,8 @@ func (s *Store) Claim(ctx context.Context, key string) (Claim, error) {
 		}
 		// The holder's lease ran out (it died or hung): take the claim over,
 		// unless someone else did so first.
-		rev, err = s.kv.Update(ctx, k, s.heldValue(), e.Revision())
+		v = s.heldValue()
+		rev, err = s.update(ctx, k, v, e.Revision())
 		if err == nil {
 			return Claim{State: Won, Key: k, rev: rev}, nil
 		}
@@ -195,10 +273,23 @@ func (s *Store) Claim(ctx context.Context, key string) (Claim, error) {
 	return Claim{State: Held, Key: k, Until: s.now().Add(s.lease)}, nil
 }
 
+// update writes v over revision rev of k, retrying unanswered writes; a
+// retry that finds v there (its earlier attempt landed) succeeds.
+func (s *Store) update(ctx context.Context, k string, v []byte, rev uint64) (uint64, error) {
+	n, err := attempt(ctx, answered, func(ctx context.Context) (uint64, error) { return s.kv.Update(ctx, k, v, rev) })
+	if err == nil || !isWrongRevision(err) {
+		return n, err
+	}
+	if e, gerr := s.get(ctx, k); gerr == nil && string(e.Value()) == string(v) {
+		return e.Revision(), nil
+	}
+	return n, err
+}
+
 // Extend renews a won claim's lease, for an effect that takes longer than
 // expected (a held destination). It fails when the claim was taken over.
 func (s *Store) Extend(ctx context.Context, c *Claim) error {
-	rev, err := s.kv.Update(ctx, c.Key, s.heldValue(), c.rev)
+	rev, err := s.update(ctx, c.Key, s.heldValue(), c.rev)
 	if err != nil {
 		return fmt.Errorf("extending claim %s: %w", c.Key, err)
 	}
@@ -206,9 +297,13 @@ func (s *Store) Extend(ctx context.Context, c *Claim) error {
 	return nil
 }
 
-// Done records that the effect of a won claim happened.
+// Done records that the effect of a won claim happened. It retries until
+// ctx ends: the caller gives it at least the claim's lease, since a claim
+// whose lease runs out before Done is stored may be taken over and its
+// effect repeated.
 func (s *Store) Done(ctx context.Context, c Claim) error {
-	if _, err := s.kv.Update(ctx, c.Key, []byte(valueDone), c.rev); err != nil {
+	v := valueDone + " " + s.owner + "-" + strconv.FormatUint(s.seq.Add(1), 10) // unique, to recognise it when read back
+	if _, err := s.update(ctx, c.Key, []byte(v), c.rev); err != nil {
 		return fmt.Errorf("marking %s done: %w", c.Key, err)
 	}
 	return nil

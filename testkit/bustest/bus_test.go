@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -145,7 +146,11 @@ func runConsumer(tb testing.TB, js jetstream.JetStream, cfg bus.ConsumerConfig, 
 	tb.Helper()
 	reg := prometheus.NewRegistry()
 	m := bus.NewConsumerMetrics(reg)
-	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var w io.Writer = io.Discard
+	if os.Getenv("WHALEWATCH_TEST_LOG") != "" {
+		w = os.Stderr
+	}
+	log := slog.New(slog.NewTextHandler(w, nil))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- bus.NewConsumer(js, cfg, h, m, log).Run(ctx) }()
@@ -273,4 +278,34 @@ func TestConsumerBatchesAndStopsCleanly(t *testing.T) {
 	require.Greater(t, maxBatch, 1, "events were not batched")
 
 	require.NoError(t, stop())
+}
+
+// A handler that takes longer than AckWait keeps its message: the consumer
+// sends in-progress acks while it works, so the server redelivers nothing.
+func TestConsumerHoldsSlowWork(t *testing.T) {
+	t.Parallel()
+	_, js := setup(t)
+	var mu sync.Mutex
+	handled := 0
+	runConsumer(t, js, bus.ConsumerConfig{Stream: bus.StreamTelemetry, Durable: "slow", AckWait: time.Second},
+		bus.Each(func(ctx context.Context, e *event.Event) error {
+			mu.Lock()
+			handled++
+			mu.Unlock()
+			time.Sleep(2500 * time.Millisecond) // the slow work itself, 2.5 × AckWait
+			return nil
+		}))
+	publish(t, js, telemetry("slow-1"))
+	ctx := context.Background()
+	require.Eventually(t, func() bool {
+		c, err := js.Consumer(ctx, bus.StreamTelemetry, "slow")
+		if err != nil {
+			return false
+		}
+		info, err := c.Info(ctx)
+		return err == nil && info.AckFloor.Stream == 1 && info.NumAckPending == 0
+	}, 20*time.Second, 50*time.Millisecond, "the message is acked")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, 1, handled, "handled once, never redelivered while held")
 }

@@ -49,11 +49,11 @@ packages:
 	@echo $(PACKAGES)
 
 # Every compose file and combination, with placeholder values for what .env must set.
-COMPOSE_CHECK_ENV := SMOKE_TAG=check SLACK_PORT=1 ELASTIC_PASSWORD=check KIBANA_PASSWORD=check COLLECTOR_IDENTITY=collector-check HOST_NAME=check NATS_URL=nats://check:4222
+COMPOSE_CHECK_ENV := SMOKE_TAG=check SLACK_PORT=1 ELASTIC_PASSWORD=check KIBANA_PASSWORD=check COLLECTOR_IDENTITY=collector-check HOST_NAME=check NATS_URL=nats://check:4222 NATS_ROUTE_PASSWORD=check
 compose-check:
 	@set -e; for f in docker-compose.yml "docker-compose.yml -f docker-compose.respond.yml" \
 	  docker-compose.collector.yml "docker-compose.collector.yml -f docker-compose.respond.yml" \
-	  "docker-compose.yml -f deploy/smoke/docker-compose.smoke.yml"; do \
+	  "docker-compose.yml -f deploy/smoke/docker-compose.smoke.yml" "docker-compose.yml -f docker-compose.cluster.yml"; do \
 	  $(COMPOSE_CHECK_ENV) docker-compose -f $$f config -q; echo "valid: -f $$f"; done
 
 bench:

@@ -227,8 +227,9 @@ func (r *Monitor) sampleCgroup(c *cgroupstats.Container) (*container.StatsRespon
 	return &st, nil
 }
 
-// minSampleWall is the shortest time between two samples that makes a rate.
-const minSampleWall = 100 * time.Millisecond
+// minSampleWall is the shortest time between two samples that makes a rate
+// (intervals are at least 100 ms; a glitch gave two samples 1 ms apart).
+const minSampleWall = 20 * time.Millisecond
 
 // statsTimeout bounds one stats request. The engine answers a one-shot
 // request at its next collection round (every second) over all containers

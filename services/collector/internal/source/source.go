@@ -2,6 +2,8 @@ package source
 
 import (
 	"context"
+	"fmt"
+	"io/fs"
 	"path"
 	"time"
 
@@ -68,4 +70,20 @@ func ProcessName(argv0 string) string {
 type HostMounts struct {
 	Proc   string // "/proc" on the host
 	Cgroup string // "/sys/fs/cgroup" on the host; empty: never read
+}
+
+// UnixMode renders the permission, setuid, setgid and sticky bits of m in
+// octal ("4755"), as file.mode of file telemetry, whatever source saw it.
+func UnixMode(m fs.FileMode) string {
+	v := uint32(m.Perm())
+	if m&fs.ModeSetuid != 0 {
+		v |= 0o4000
+	}
+	if m&fs.ModeSetgid != 0 {
+		v |= 0o2000
+	}
+	if m&fs.ModeSticky != 0 {
+		v |= 0o1000
+	}
+	return fmt.Sprintf("%04o", v)
 }

@@ -256,21 +256,6 @@ func lstatIn(root *os.Root, path string) *fileInfo {
 	return info
 }
 
-// unixMode renders the permission, setuid, setgid and sticky bits in octal.
-func unixMode(m fs.FileMode) string {
-	v := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		v |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		v |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		v |= 0o1000
-	}
-	return fmt.Sprintf("%04o", v)
-}
-
 // fileEvent is one change as telemetry. Its id derives from the path, kind
 // and what was read of the file, so a restarted collector's first look
 // republishes an unchanged path once within JetStream's duplicate window.
@@ -280,7 +265,7 @@ func fileEvent(host, containerID, path, kind string, info *fileInfo, now time.Ti
 	idParts := []string{host, "diff", containerID, path, kind}
 	if info != nil {
 		f.Type = info.typ
-		f.Mode = unixMode(info.mode)
+		f.Mode = source.UnixMode(info.mode)
 		if info.typ == "file" {
 			f.Size = info.size
 			fc.Executable = info.mode&0o111 != 0

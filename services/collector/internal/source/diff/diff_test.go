@@ -147,10 +147,3 @@ func TestFileMonitorBoundsEachLook(t *testing.T) {
 	require.Equal(t, []string{"/a", "/b", "/c", "/d", "/e"}, paths, "deferred changes follow at later looks")
 	require.Equal(t, 4.0, testutil.ToFloat64(f.overflow))
 }
-
-func TestUnixMode(t *testing.T) {
-	t.Parallel()
-	require.Equal(t, "0755", unixMode(0o755))
-	require.Equal(t, "6711", unixMode(0o711|os.ModeSetuid|os.ModeSetgid))
-	require.Equal(t, "1777", unixMode(0o777|os.ModeSticky|os.ModeDir))
-}

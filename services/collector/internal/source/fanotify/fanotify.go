@@ -412,7 +412,7 @@ func fileEvent(host string, c change, at, now time.Time) *event.Event {
 			default:
 				f.Type = "other"
 			}
-			f.Mode = unixMode(m)
+			f.Mode = source.UnixMode(m)
 			fc.Mode = f.Mode
 			fc.Setuid, fc.Setgid = m&fs.ModeSetuid != 0, m&fs.ModeSetgid != 0
 		} else if c.op == "rename" {
@@ -443,19 +443,4 @@ func fileEvent(host string, c change, at, now time.Time) *event.Event {
 			FileChange:    fc,
 		},
 	}
-}
-
-// unixMode renders the permission, setuid, setgid and sticky bits in octal.
-func unixMode(m fs.FileMode) string {
-	v := uint32(m.Perm())
-	if m&fs.ModeSetuid != 0 {
-		v |= 0o4000
-	}
-	if m&fs.ModeSetgid != 0 {
-		v |= 0o2000
-	}
-	if m&fs.ModeSticky != 0 {
-		v |= 0o1000
-	}
-	return fmt.Sprintf("%04o", v)
 }

@@ -11,6 +11,8 @@
 # separated by ';' (default: bin/collector), each run with every variant, e.g.
 #   COLLECTORS='main=/tmp/main-bin/collector;branch=bin/collector'
 # SKIP_TOP=1 leaves out the docker top loop (the seed's approach).
+# WHOLE=1 measures what `make run` starts, not the collector alone: the NATS
+# server, detector, notifier (console) and collector, their CPU summed.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,6 +24,7 @@ IMAGE=${IMAGE:-whalewatch-test/busybox:1}
 VARIANTS=${VARIANTS:-}
 COLLECTORS=${COLLECTORS:-}
 SKIP_TOP=${SKIP_TOP:-0}
+WHOLE=${WHOLE:-0}
 SOCK=${SOCK:-/var/run/docker.sock}
 NATS_PORT=${NATS_PORT:-14222}
 HTTP_PORT=${HTTP_PORT:-19101}
@@ -39,7 +42,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for f in "$BIN/nats-server"; do
+need=("$BIN/nats-server")
+[ "$WHOLE" = 1 ] && need+=("$BIN/detector" "$BIN/notifier")
+for f in "${need[@]}"; do
 	[ -x "$f" ] || { echo "missing $f: run make build" >&2; exit 1; }
 done
 docker image inspect "$IMAGE" >/dev/null 2>&1 || {
@@ -88,11 +93,31 @@ run_collector() {
 		fi
 		sleep 0.5
 	done
+	# WHOLE=1: the rest of what make run starts, measured with the collector.
+	local others=()
+	if [ "$WHOLE" = 1 ]; then
+		"$BIN/detector" -nats-url "nats://127.0.0.1:$NATS_PORT" -http-addr "127.0.0.1:$((HTTP_PORT + 1))" \
+			-log-level warn 2>"$TMP/detector.log" &
+		others+=($!)
+		"$BIN/notifier" -console -nats-url "nats://127.0.0.1:$NATS_PORT" -http-addr "127.0.0.1:$((HTTP_PORT + 2))" \
+			-log-level warn >"$TMP/notifier.out" 2>"$TMP/notifier.log" &
+		others+=($!)
+		PIDS+=("${others[@]}")
+	fi
 	sleep "$WARMUP"
-	local c0 e0 c1 e1
+	local c0 e0 c1 e1 s0=0 s1=0 p
+	sys_ticks() { local t=0 p; for p in "${others[@]}" "$NATS"; do t=$((t + $(ticks "$p"))); done; echo "$t"; }
+	[ "$WHOLE" = 1 ] && s0=$(sys_ticks)
 	c0=$(ticks "$c"); e0=$(engine_ticks); sleep "$WINDOW"; c1=$(ticks "$c"); e1=$(engine_ticks)
+	[ "$WHOLE" = 1 ] && s1=$(sys_ticks)
 	row "collector $name" "$WINDOW" "$(pct $((c1 - c0)) "$WINDOW")" "$(rss_mib "$c" VmRSS) (peak $(rss_mib "$c" VmHWM))" \
 		"$(pct $((e1 - e0)) "$WINDOW") (+$(awk -v a="$(pct $((e1 - e0)) "$WINDOW")" -v b="$BASE" 'BEGIN{printf "%.2f", a-b}'))"
+	if [ "$WHOLE" = 1 ]; then
+		row "  + nats, detector, notifier" "$WINDOW" "$(pct $((s1 - s0)) "$WINDOW")" - -
+		row "  = whole system (make run)" "$WINDOW" "$(pct $((c1 - c0 + s1 - s0)) "$WINDOW")" - -
+		echo "    alerts printed by the notifier during the run: $(wc -l <"$TMP/notifier.out")"
+		for p in "${others[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null || true; done
+	fi
 	echo "    process source: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_process_mode/ && $2==1 {print $1}')"
 	echo "    source modes: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_source_mode/ && $2==1 {printf "%s ", $1}')"
 	echo "    fanotify events: $(curl -fsS "http://127.0.0.1:$HTTP_PORT/metrics" | awk '/^whalewatch_collector_fanotify_events_total/ {printf "%s ", $0}')"

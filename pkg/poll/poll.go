@@ -9,6 +9,7 @@ import (
 	"errors"
 	"hash/fnv"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,8 +25,13 @@ var ErrStop = errors.New("poll: stop")
 type Loop struct {
 	// What names what is polled in log messages ("docker diff").
 	What string
-	// Interval between the starts of two refreshes.
+	// Interval between the starts of two refreshes; 0: none on a timer,
+	// only the first and those Wake asks for.
 	Interval time.Duration
+	// Wake, when set, refreshes early when the channel it returns is
+	// closed (a Signal's C): a source that learns that it missed something
+	// looks again at once.
+	Wake func() <-chan struct{}
 	// Phase delays the first refresh (many pollers started together spread
 	// over the interval; see Phase). 0: at once.
 	Phase time.Duration
@@ -50,10 +56,19 @@ func (l Loop) Run(ctx context.Context, refresh func(ctx context.Context) error) 
 		return nil
 	}
 	interval := l.Interval
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
+	var tick *time.Ticker
+	var ticks <-chan time.Time // nil without an Interval: never
+	if interval > 0 {
+		tick = time.NewTicker(interval)
+		defer tick.Stop()
+		ticks = tick.C
+	}
 	failures := 0
 	for {
+		var wake <-chan struct{}
+		if l.Wake != nil {
+			wake = l.Wake() // before the refresh: a wake-up during it is not lost
+		}
 		err := refresh(ctx)
 		switch {
 		case ctx.Err() != nil:
@@ -76,7 +91,7 @@ func (l Loop) Run(ctx context.Context, refresh func(ctx context.Context) error) 
 			}
 			failures = 0
 		}
-		if l.Next != nil {
+		if l.Next != nil && tick != nil {
 			if next := l.Next(); next > 0 && next != interval {
 				interval = next
 				tick.Reset(interval)
@@ -85,8 +100,38 @@ func (l Loop) Run(ctx context.Context, refresh func(ctx context.Context) error) 
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-tick.C:
+		case <-ticks:
+		case <-wake:
 		}
+	}
+}
+
+// Signal wakes every Loop whose Wake is its C at once: a broadcast that
+// can fire any number of times (the kernel sensor, having lost records,
+// wakes every container's docker diff reconciliation). The zero Signal is
+// ready to use.
+type Signal struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+// C returns the channel the next Fire closes.
+func (s *Signal) C() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch == nil {
+		s.ch = make(chan struct{})
+	}
+	return s.ch
+}
+
+// Fire wakes everyone waiting on a channel C returned so far.
+func (s *Signal) Fire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ch != nil {
+		close(s.ch)
+		s.ch = nil
 	}
 }
 

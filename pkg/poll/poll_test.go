@@ -150,3 +150,51 @@ func TestPhaseSpreads(t *testing.T) {
 		t.Fatal(len(seen))
 	}
 }
+
+// Without an Interval the loop looks once, then only when its Signal fires;
+// every loop waiting on the Signal looks again, once per Fire.
+func TestLoopWakesOnSignalOnly(t *testing.T) {
+	t.Parallel()
+	var sig Signal
+	const loops = 3
+	looks := make(chan int, 16)
+	for i := range loops {
+		go func() {
+			_ = Loop{What: "x", Wake: sig.C}.Run(t.Context(), func(ctx context.Context) error {
+				looks <- i
+				return nil
+			})
+		}()
+	}
+	want := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-looks:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("fewer than %d looks", n)
+			}
+		}
+	}
+	want(loops) // the first looks
+	select {
+	case i := <-looks:
+		t.Fatalf("loop %d looked again without an Interval or a Fire", i)
+	case <-time.After(100 * time.Millisecond):
+	}
+	// A loop takes C before its refresh, so a Fire from then on wakes it;
+	// fire until each has looked again (one may still be between its look
+	// and its C when the first Fire comes).
+	again := map[int]bool{}
+	for deadline := time.Now().Add(10 * time.Second); len(again) < loops; {
+		if time.Now().After(deadline) {
+			t.Fatalf("only loops %v looked again after Fire", again)
+		}
+		sig.Fire()
+		select {
+		case i := <-looks:
+			again[i] = true
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}

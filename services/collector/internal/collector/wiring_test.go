@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/poll"
 	"github.com/whalewatch/whalewatch/services/collector/internal/sensor"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/diff"
@@ -27,10 +29,14 @@ import (
 )
 
 // fakeSensor is a kernel sensor that loads.
-type fakeSensor struct{ closed bool }
+type fakeSensor struct {
+	closed bool
+	lost   atomic.Uint64
+}
 
 func (f *fakeSensor) Run(ctx context.Context, _ func(*event.Event)) error { <-ctx.Done(); return nil }
 func (f *fakeSensor) Mode() string                                        { return ModeEBPF }
+func (f *fakeSensor) Lost() uint64                                        { return f.lost.Load() }
 func (f *fakeSensor) Close() error                                        { f.closed = true; return nil }
 
 // fakeProc is a process connector that listens.
@@ -123,10 +129,11 @@ func TestFallbackChain(t *testing.T) {
 			switch tt.want {
 			case ModeEBPF:
 				require.Equal(t, []int{1, 0, 0}, []int{tops, polls, sockPolls}, "an inventory only; no socket polling")
-				require.Len(t, c.hostSources, 1)
+				require.Len(t, c.hostSources, 2, "the sensor and its loss check")
 				require.Equal(t, "ebpf", c.modes.file)
 				require.Equal(t, "ebpf", c.modes.network)
 				require.Len(t, diffs, 1, "docker diff reconciles")
+				require.Equal(t, 5*time.Minute, diffs[0].Interval(), "periodic only when asked")
 				require.NoError(t, c.Close())
 				require.True(t, fs.closed, "Close releases the sensor")
 			case ModeProcConnector:
@@ -141,17 +148,56 @@ func TestFallbackChain(t *testing.T) {
 	}
 }
 
-func TestDiffOffBesideTheSensorWhenAsked(t *testing.T) {
+// Beside the sensor docker diff has no period by default (a first look
+// and looks after lost records), and -diff-interval 0 turns it off.
+func TestDiffBesideTheSensor(t *testing.T) {
 	t.Parallel()
-	cfg := testConfig(t)
-	cfg.Files.Interval, cfg.Files.ReconcileInterval = 30*time.Second, 0
-	c, err := build(withDiff{&fakeDocker{}}, &fakePublisher{}, cfg, caps(true, true, &fakeSensor{}), slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
-	require.NoError(t, err)
-	for _, s := range c.perContainer {
-		_, isDiff := s.(*diff.Monitor)
-		require.False(t, isDiff)
+	for _, every := range []time.Duration{30 * time.Second, 0} {
+		cfg := testConfig(t)
+		cfg.Files.Interval, cfg.Files.ReconcileInterval = every, 0
+		c, err := build(withDiff{&fakeDocker{}}, &fakePublisher{}, cfg, caps(true, true, &fakeSensor{}), slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
+		require.NoError(t, err)
+		var diffs []*diff.Monitor
+		for _, s := range c.perContainer {
+			if d, ok := s.(*diff.Monitor); ok {
+				diffs = append(diffs, d)
+			}
+		}
+		if every == 0 {
+			require.Empty(t, diffs, "-diff-interval 0: no docker diff at all")
+		} else {
+			require.Len(t, diffs, 1)
+			require.Zero(t, diffs[0].Interval(), "no periodic look beside the sensor")
+		}
+		require.Equal(t, "ebpf", c.modes.file)
 	}
-	require.Equal(t, "ebpf", c.modes.file)
+}
+
+// The loss check fires the reconciliation when the sensor's count of lost
+// records grows, and not before.
+func TestLossWatchFiresOnLostRecords(t *testing.T) {
+	t.Parallel()
+	fs := &fakeSensor{}
+	fs.lost.Store(3) // lost before the check started: not this run's
+	var lost poll.Signal
+	woken := lost.C()
+	w := lossWatch{s: fs, lost: &lost, log: slog.New(slog.NewTextHandler(io.Discard, nil)), every: 10 * time.Millisecond}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error)
+	go func() { done <- w.Run(ctx, nil) }()
+	select {
+	case <-woken:
+		t.Fatal("fired without new losses")
+	case <-time.After(100 * time.Millisecond):
+	}
+	fs.lost.Add(5)
+	select {
+	case <-woken:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reconciliation after lost records")
+	}
+	cancel()
+	require.NoError(t, <-done)
 }
 
 func TestInventoryOnlyForContainersOlderThanTheSource(t *testing.T) {

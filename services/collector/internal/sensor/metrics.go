@@ -14,11 +14,13 @@ type metrics struct {
 	hashed       prometheus.Counter
 	latency      prometheus.Histogram
 	drops        prometheus.CounterFunc
+	dropsMap     *ebpf.Map // the kernel's per-CPU counter behind drops
 	programs     prometheus.Gauge
 }
 
 func newMetrics(drops *ebpf.Map, programs int) *metrics {
 	m := &metrics{
+		dropsMap: drops,
 		records: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "whalewatch_sensor_records_total",
 			Help: "Records read from the kernel sensor's ring buffer, by kind (exec, fork, exit, syscall, tcp_state).",
@@ -81,3 +83,8 @@ func dropCount(drops *ebpf.Map) uint64 {
 	}
 	return n
 }
+
+// Lost is how many records the kernel could not put in the ring (it was
+// full) since the sensor was loaded: events nobody will see, which the
+// collector makes up for with a docker diff reconciliation.
+func (s *Sensor) Lost() uint64 { return dropCount(s.m.dropsMap) }

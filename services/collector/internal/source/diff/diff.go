@@ -30,10 +30,12 @@ type Config struct {
 	// Interval between two looks when no event-driven file source runs; 0
 	// disables the source.
 	Interval time.Duration
-	// ReconcileInterval replaces Interval when the kernel sensor reports
-	// file changes as they happen: docker diff then only reconciles (what
-	// happened while the collector was down, what the sensor dropped). 0:
-	// off beside the sensor.
+	// ReconcileInterval replaces Interval beside an event-driven file
+	// source (the kernel sensor, fanotify): docker diff then only
+	// reconciles. 0, the default, chooses: beside the sensor no periodic
+	// look at all (a first look at each container that predates it, and a
+	// look whenever it lost records: see Beside), beside fanotify every
+	// FanotifyReconcile (it misses a container's first moments).
 	ReconcileInterval time.Duration
 	// MaxChanges bounds the events of one look.
 	MaxChanges int
@@ -41,8 +43,8 @@ type Config struct {
 
 // RegisterFlags registers the file source's flags on fs.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.DurationVar(&c.Interval, "diff-interval", 30*time.Second, "how often each running container's filesystem changes (docker diff) are compared with the previous look (0 disables)")
-	fs.DurationVar(&c.ReconcileInterval, "diff-reconcile-interval", 5*time.Minute, "the docker diff interval when the kernel sensor reports file changes as they happen: a slow reconciliation (0: off then)")
+	fs.DurationVar(&c.Interval, "diff-interval", 30*time.Second, "how often each running container's filesystem changes (docker diff) are compared with the previous look, when docker diff is the file source (0 disables docker diff, reconciliation included)")
+	fs.DurationVar(&c.ReconcileInterval, "diff-reconcile-interval", 0, "beside the kernel sensor or fanotify, how often docker diff reconciles each container (0: beside the sensor only once per container older than it and whenever it lost records; beside fanotify every 5m)")
 	fs.IntVar(&c.MaxChanges, "diff-max-changes", 1000, "file events per container per look at most; the rest follow at later looks")
 }
 
@@ -58,6 +60,32 @@ func (c *Config) Validate() error {
 		errs = append(errs, errors.New("diff-max-changes must be positive"))
 	}
 	return errors.Join(errs...)
+}
+
+// FanotifyReconcile is the reconciliation interval beside fanotify when
+// ReconcileInterval is 0.
+const FanotifyReconcile = 5 * time.Minute
+
+// firstLookSpread spreads the first looks of a reconciliation without a
+// period over this long: a collector starting on a host with hundreds of
+// containers does not ask the engine for all their diffs at once.
+const firstLookSpread = 30 * time.Second
+
+// sinceMargin covers the clock skew between the engine's StartedAt and the
+// collector's clock.
+const sinceMargin = 2 * time.Second
+
+// Beside makes the source the reconciliation beside an event-driven file
+// source; the zero Beside: docker diff is the file source.
+type Beside struct {
+	// Since is when the event-driven source began to see file changes
+	// (zero: not yet). A container started after it gets no first look:
+	// the source saw all its changes. nil: every container is looked at.
+	Since func() time.Time
+	// Wake, when set, makes every container look again at once when the
+	// channel it returns is closed (a poll.Signal's C): the event-driven
+	// source lost events.
+	Wake func() <-chan struct{}
 }
 
 // API is the engine call of the source.
@@ -91,6 +119,8 @@ type Monitor struct {
 	docker     API
 	host       string
 	interval   time.Duration
+	beside     Beside
+	spread     time.Duration // firstLookSpread; tests shorten it
 	maxChanges int
 	procRoot   string
 	log        *slog.Logger
@@ -100,9 +130,10 @@ type Monitor struct {
 }
 
 // New returns the file source looking every interval (Interval or
-// ReconcileInterval of cfg, as the wiring chose). errs counts failed calls.
-func New(docker API, interval time.Duration, cfg Config, mounts source.HostMounts, host string, log *slog.Logger, errs prometheus.Counter, reg prometheus.Registerer) *Monitor {
-	m := &Monitor{docker: docker, host: host, interval: interval, maxChanges: cfg.MaxChanges, procRoot: mounts.Proc,
+// ReconcileInterval of cfg, as the wiring chose; 0: only the first look and
+// those beside.Wake asks for). errs counts failed calls.
+func New(docker API, interval time.Duration, beside Beside, cfg Config, mounts source.HostMounts, host string, log *slog.Logger, errs prometheus.Counter, reg prometheus.Registerer) *Monitor {
+	m := &Monitor{docker: docker, host: host, interval: interval, beside: beside, spread: firstLookSpread, maxChanges: cfg.MaxChanges, procRoot: mounts.Proc,
 		log: log, now: time.Now, errors: errs,
 		overflow: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "whalewatch_collector_file_changes_overflow_total",
@@ -130,8 +161,30 @@ type fileInfo struct {
 func (f *Monitor) Monitor(ctx context.Context, ctr *source.Container, emit source.Emit) error {
 	log := f.log.With("container_id", ctr.ID)
 	var seen map[string]fileState
-	loop := poll.Loop{What: "docker diff", Interval: f.interval, Phase: poll.Phase(ctr.ID, f.interval), Log: log, Failures: f.errors}
+	// A container younger than the event-driven source skips its first
+	// look; a later look (after lost events) then reports all its changes
+	// again, which is better than a baseline that hides a dropped binary.
+	skip := false
+	if f.beside.Since != nil {
+		since := f.beside.Since()
+		skip = !since.IsZero() && ctr.StartedAt.After(since.Add(sinceMargin))
+	}
+	if skip && f.interval == 0 && f.beside.Wake == nil {
+		return nil // nothing will ever be looked at
+	}
+	phase := poll.Phase(ctr.ID, f.interval)
+	if f.interval == 0 {
+		phase = poll.Phase(ctr.ID, f.spread)
+	}
+	if skip {
+		phase = 0
+	}
+	loop := poll.Loop{What: "docker diff", Interval: f.interval, Wake: f.beside.Wake, Phase: phase, Log: log, Failures: f.errors}
 	return loop.Run(ctx, func(ctx context.Context) error {
+		if skip {
+			skip = false
+			return nil
+		}
 		changes, err := f.diff(ctx, ctr.ID)
 		if err != nil {
 			return err

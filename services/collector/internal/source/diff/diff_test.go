@@ -1,6 +1,7 @@
 package diff
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/poll"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/sourcetest"
 )
@@ -30,7 +32,7 @@ func fakeRoot(t *testing.T) (proc, root string) {
 }
 
 func newTestFileMonitor(proc string, max int) *Monitor {
-	return New(nil, time.Hour, Config{MaxChanges: max}, source.HostMounts{Proc: proc}, "h",
+	return New(nil, time.Hour, Beside{}, Config{MaxChanges: max}, source.HostMounts{Proc: proc}, "h",
 		slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewCounter(prometheus.CounterOpts{Name: "e"}), prometheus.NewRegistry())
 }
 
@@ -146,4 +148,65 @@ func TestFileMonitorBoundsEachLook(t *testing.T) {
 	}
 	require.Equal(t, []string{"/a", "/b", "/c", "/d", "/e"}, paths, "deferred changes follow at later looks")
 	require.Equal(t, 4.0, testutil.ToFloat64(f.overflow))
+}
+
+// countingAPI answers every docker diff with one added file and counts the
+// calls by container.
+type countingAPI struct {
+	calls chan string
+}
+
+func (a countingAPI) ContainerDiff(_ context.Context, id string) ([]container.FilesystemChange, error) {
+	a.calls <- id
+	return []container.FilesystemChange{{Path: "/tmp/x", Kind: container.ChangeAdd}}, nil
+}
+
+// Beside the kernel sensor without a period, docker diff looks once at a
+// container older than the sensor, never on a timer, and again at every
+// container when the sensor lost records; a container the sensor saw start
+// gets no first look.
+func TestReconcileOnLossOnly(t *testing.T) {
+	t.Parallel()
+	api := countingAPI{calls: make(chan string, 16)}
+	listening := time.Now()
+	var lost poll.Signal
+	f := New(api, 0, Beside{Since: func() time.Time { return listening }, Wake: lost.C}, Config{MaxChanges: 10},
+		source.HostMounts{Proc: t.TempDir()}, "h", slog.New(slog.NewTextHandler(io.Discard, nil)),
+		prometheus.NewCounter(prometheus.CounterOpts{Name: "e"}), prometheus.NewRegistry())
+	f.spread = 0
+	old := &source.Container{ID: "old", StartedAt: listening.Add(-time.Hour)}
+	young := &source.Container{ID: "young", StartedAt: listening.Add(time.Minute)}
+	emitted := make(chan *event.Event, 16)
+	for _, c := range []*source.Container{old, young} {
+		go func() { _ = f.Monitor(t.Context(), c, func(e *event.Event) { emitted <- e }) }()
+	}
+	next := func(what string) string {
+		t.Helper()
+		select {
+		case id := <-api.calls:
+			return id
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no docker diff: %s", what)
+			return ""
+		}
+	}
+	require.Equal(t, "old", next("first look at the container older than the sensor"))
+	require.Equal(t, "/tmp/x", (<-emitted).File.Path)
+	select {
+	case id := <-api.calls:
+		t.Fatalf("docker diff of %s without a period or a loss", id)
+	case <-time.After(100 * time.Millisecond):
+	}
+	// Lost records: every container looks again (fire until both have:
+	// a loop may not be waiting yet).
+	looked := map[string]bool{}
+	for deadline := time.Now().Add(10 * time.Second); len(looked) < 2; {
+		require.False(t, time.Now().After(deadline), "looked again after the loss: %v", looked)
+		lost.Fire()
+		select {
+		case id := <-api.calls:
+			looked[id] = true
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

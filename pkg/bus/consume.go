@@ -166,12 +166,19 @@ type Consumer struct {
 	handler Handler
 	metrics *ConsumerMetrics
 	log     *slog.Logger
+	// outcomes are metrics.messages of this consumer by outcome, looked up
+	// once: settling runs for every message.
+	outcomes map[string]prometheus.Counter
 }
 
 // NewConsumer returns a consumer; Run starts it.
 func NewConsumer(js JetStream, cfg ConsumerConfig, h Handler, m *ConsumerMetrics, log *slog.Logger) *Consumer {
 	cfg.defaults()
-	return &Consumer{cfg: cfg, js: js, handler: h, metrics: m, log: log.With("consumer", cfg.Durable)}
+	outcomes := map[string]prometheus.Counter{}
+	for _, o := range []string{outcomeAck, outcomeNak, outcomeDeadLetter} {
+		outcomes[o] = m.messages.WithLabelValues(cfg.Durable, o)
+	}
+	return &Consumer{cfg: cfg, js: js, handler: h, metrics: m, log: log.With("consumer", cfg.Durable), outcomes: outcomes}
 }
 
 // Run creates (or updates) the durable consumer, retrying until NATS answers,
@@ -343,7 +350,7 @@ func (c *Consumer) settle(ctx context.Context, m jetstream.Msg, err error, warn 
 		if aerr := m.Ack(); aerr != nil {
 			c.log.Warn("ack failed; the message will be redelivered", "subject", m.Subject(), "err", aerr)
 		}
-		c.metrics.messages.WithLabelValues(c.cfg.Durable, outcomeAck).Inc()
+		c.outcomes[outcomeAck].Inc()
 		return outcomeAck
 	}
 	if IsPermanent(err) {
@@ -361,7 +368,7 @@ func (c *Consumer) settle(ctx context.Context, m jetstream.Msg, err error, warn 
 		c.log.Warn("handling failed, will retry", "subject", m.Subject(), "deliveries", delivered, "retry_in", delay, "err", err)
 	}
 	_ = m.NakWithDelay(delay)
-	c.metrics.messages.WithLabelValues(c.cfg.Durable, outcomeNak).Inc()
+	c.outcomes[outcomeNak].Inc()
 	return outcomeNak
 }
 
@@ -387,13 +394,13 @@ func (c *Consumer) deadLetter(ctx context.Context, m jetstream.Msg, reason strin
 	if _, err := c.js.PublishMsg(pubCtx, dl, jetstream.WithMsgID(c.cfg.Durable+"-"+seq)); err != nil {
 		c.log.Error("dead-lettering failed, will retry the message", "subject", m.Subject(), "err", err)
 		_ = m.NakWithDelay(time.Second)
-		c.metrics.messages.WithLabelValues(c.cfg.Durable, outcomeNak).Inc()
+		c.outcomes[outcomeNak].Inc()
 		return outcomeNak
 	}
 	_ = m.Term()
 	c.log.Warn("message dead-lettered", "subject", m.Subject(), "reason", reason, "err", event.Truncate(cause.Error(), 512))
 	c.metrics.deadLetters.WithLabelValues(c.cfg.Durable, reason).Inc()
-	c.metrics.messages.WithLabelValues(c.cfg.Durable, outcomeDeadLetter).Inc()
+	c.outcomes[outcomeDeadLetter].Inc()
 	return outcomeDeadLetter
 }
 

@@ -5,9 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -61,29 +58,8 @@ func (r *rawRecorder) count(id string) int {
 
 func runBatchConsumer(tb testing.TB, js jetstream.JetStream, cfg bus.BatchConfig, h bus.BatchHandler) (stop func() error) {
 	tb.Helper()
-	var w io.Writer = io.Discard
-	if os.Getenv("WHALEWATCH_TEST_LOG") != "" {
-		w = os.Stderr
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	c := bus.NewBatchConsumer(js, cfg, h, bus.NewConsumerMetrics(prometheus.NewRegistry()), slog.New(slog.NewTextHandler(w, nil)))
-	go func() { done <- c.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-done:
-			case <-time.After(20 * time.Second):
-				err = errors.New("batch consumer did not stop within 20 s")
-			}
-		})
-		return err
-	}
-	tb.Cleanup(func() { require.NoError(tb, stop()) })
-	return stop
+	c := bus.NewBatchConsumer(js, cfg, h, bus.NewConsumerMetrics(prometheus.NewRegistry()), testLog())
+	return runUntilStopped(tb, c.Run)
 }
 
 func settled(tb testing.TB, js jetstream.JetStream, stream, durable string) {

@@ -166,34 +166,26 @@ type Consumer struct {
 	handler Handler
 	metrics *ConsumerMetrics
 	log     *slog.Logger
+	// outcomes are metrics.messages of this consumer by outcome, looked up
+	// once: settling runs for every message.
+	outcomes map[string]prometheus.Counter
 }
 
 // NewConsumer returns a consumer; Run starts it.
 func NewConsumer(js JetStream, cfg ConsumerConfig, h Handler, m *ConsumerMetrics, log *slog.Logger) *Consumer {
 	cfg.defaults()
-	return &Consumer{cfg: cfg, js: js, handler: h, metrics: m, log: log.With("consumer", cfg.Durable)}
+	outcomes := map[string]prometheus.Counter{}
+	for _, o := range []string{outcomeAck, outcomeNak, outcomeDeadLetter} {
+		outcomes[o] = m.messages.WithLabelValues(cfg.Durable, o)
+	}
+	return &Consumer{cfg: cfg, js: js, handler: h, metrics: m, log: log.With("consumer", cfg.Durable), outcomes: outcomes}
 }
 
 // Run creates (or updates) the durable consumer, retrying until NATS answers,
 // and handles messages until ctx ends. Then it stops pulling, handles what was
 // already delivered (for at most DrainTimeout) and returns nil.
 func (c *Consumer) Run(ctx context.Context) error {
-	cfg := jetstream.ConsumerConfig{
-		Durable:        c.cfg.Durable,
-		FilterSubjects: c.cfg.FilterSubjects,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        c.cfg.AckWait,
-		MaxDeliver:     c.cfg.MaxDeliver,
-		MaxAckPending:  c.cfg.MaxAckPending,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-	}
-	if len(cfg.FilterSubjects) == 1 {
-		// nats.go puts a single filter in the request's subject, where
-		// NATS permissions can pin it (deploy/nats: a collector may
-		// consume only its own host's requests).
-		cfg.FilterSubject, cfg.FilterSubjects = cfg.FilterSubjects[0], nil
-	}
-	cons, err := EnsureConsumer(ctx, c.js, c.cfg.Stream, cfg, func(err error) {
+	cons, err := EnsureConsumer(ctx, c.js, c.cfg.Stream, c.jetStreamConfig(), func(err error) {
 		c.log.Warn("creating consumer, will retry", "stream", c.cfg.Stream, "err", err)
 	})
 	if err != nil {
@@ -254,6 +246,26 @@ func (c *Consumer) Run(ctx context.Context) error {
 	}
 }
 
+// jetStreamConfig is the durable consumer's JetStream configuration.
+func (c *Consumer) jetStreamConfig() jetstream.ConsumerConfig {
+	cfg := jetstream.ConsumerConfig{
+		Durable:        c.cfg.Durable,
+		FilterSubjects: c.cfg.FilterSubjects,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        c.cfg.AckWait,
+		MaxDeliver:     c.cfg.MaxDeliver,
+		MaxAckPending:  c.cfg.MaxAckPending,
+		DeliverPolicy:  jetstream.DeliverAllPolicy,
+	}
+	if len(cfg.FilterSubjects) == 1 {
+		// nats.go puts a single filter in the request's subject, where
+		// NATS permissions can pin it (deploy/nats: a collector may
+		// consume only its own host's requests).
+		cfg.FilterSubject, cfg.FilterSubjects = cfg.FilterSubjects[0], nil
+	}
+	return cfg
+}
+
 // process decodes, handles and settles one batch.
 func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
 	events := make([]*event.Event, 0, len(msgs))
@@ -284,8 +296,11 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
 			errs[i] = err
 		}
 	}
+	warn := true // one retry line per batch is enough
 	for i, m := range handled {
-		c.settle(ctx, m, errs[i])
+		if c.settle(ctx, m, errs[i], warn) == outcomeNak {
+			warn = false
+		}
 	}
 }
 
@@ -321,38 +336,46 @@ func (c *Consumer) holdProgress(msgs []jetstream.Msg) (stop func()) {
 	}
 }
 
-func (c *Consumer) settle(ctx context.Context, m jetstream.Msg, err error) {
+// Outcomes of settling a message, the values of the outcome label.
+const (
+	outcomeAck        = "ack"
+	outcomeNak        = "nak"
+	outcomeDeadLetter = "dead_letter"
+)
+
+// settle acks, naks or dead-letters m as err says and returns the outcome. A
+// retry is logged only when warn is set.
+func (c *Consumer) settle(ctx context.Context, m jetstream.Msg, err error, warn bool) string {
 	if err == nil {
 		if aerr := m.Ack(); aerr != nil {
 			c.log.Warn("ack failed; the message will be redelivered", "subject", m.Subject(), "err", aerr)
 		}
-		c.metrics.messages.WithLabelValues(c.cfg.Durable, "ack").Inc()
-		return
+		c.outcomes[outcomeAck].Inc()
+		return outcomeAck
 	}
 	if IsPermanent(err) {
-		c.deadLetter(ctx, m, ReasonPermanent, err)
-		return
+		return c.deadLetter(ctx, m, ReasonPermanent, err)
 	}
 	delivered := uint64(1)
 	if md, merr := m.Metadata(); merr == nil {
 		delivered = md.NumDelivered
 	}
 	if c.cfg.MaxDeliver > 0 && delivered >= uint64(c.cfg.MaxDeliver) {
-		c.deadLetter(ctx, m, ReasonMaxDeliver, err)
-		return
+		return c.deadLetter(ctx, m, ReasonMaxDeliver, err)
 	}
 	delay := Backoff(delivered, c.cfg.MaxBackoff)
-	if ctx.Err() == nil {
+	if warn && ctx.Err() == nil {
 		c.log.Warn("handling failed, will retry", "subject", m.Subject(), "deliveries", delivered, "retry_in", delay, "err", err)
 	}
 	_ = m.NakWithDelay(delay)
-	c.metrics.messages.WithLabelValues(c.cfg.Durable, "nak").Inc()
+	c.outcomes[outcomeNak].Inc()
+	return outcomeNak
 }
 
 // deadLetter copies m to the consumer's dead-letter subject with the reason,
 // then terminates it. If the copy cannot be stored, m is nak'ed instead: a
-// message is never dropped silently.
-func (c *Consumer) deadLetter(ctx context.Context, m jetstream.Msg, reason string, cause error) {
+// message is never dropped silently. It returns the outcome.
+func (c *Consumer) deadLetter(ctx context.Context, m jetstream.Msg, reason string, cause error) string {
 	seq := ""
 	delivered := ""
 	if md, err := m.Metadata(); err == nil {
@@ -371,13 +394,14 @@ func (c *Consumer) deadLetter(ctx context.Context, m jetstream.Msg, reason strin
 	if _, err := c.js.PublishMsg(pubCtx, dl, jetstream.WithMsgID(c.cfg.Durable+"-"+seq)); err != nil {
 		c.log.Error("dead-lettering failed, will retry the message", "subject", m.Subject(), "err", err)
 		_ = m.NakWithDelay(time.Second)
-		c.metrics.messages.WithLabelValues(c.cfg.Durable, "nak").Inc()
-		return
+		c.outcomes[outcomeNak].Inc()
+		return outcomeNak
 	}
 	_ = m.Term()
 	c.log.Warn("message dead-lettered", "subject", m.Subject(), "reason", reason, "err", event.Truncate(cause.Error(), 512))
 	c.metrics.deadLetters.WithLabelValues(c.cfg.Durable, reason).Inc()
-	c.metrics.messages.WithLabelValues(c.cfg.Durable, "dead_letter").Inc()
+	c.outcomes[outcomeDeadLetter].Inc()
+	return outcomeDeadLetter
 }
 
 // Backoff is the redelivery delay after the n-th failed delivery: 500 ms

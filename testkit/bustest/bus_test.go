@@ -144,16 +144,26 @@ func (r *recorder) count(id string) int {
 // ends); stop returns Run's error, or fails the test if Run does not return.
 func runConsumer(tb testing.TB, js jetstream.JetStream, cfg bus.ConsumerConfig, h bus.Handler) (stop func() error) {
 	tb.Helper()
-	reg := prometheus.NewRegistry()
-	m := bus.NewConsumerMetrics(reg)
+	c := bus.NewConsumer(js, cfg, h, bus.NewConsumerMetrics(prometheus.NewRegistry()), testLog())
+	return runUntilStopped(tb, c.Run)
+}
+
+// testLog discards logs unless WHALEWATCH_TEST_LOG is set.
+func testLog() *slog.Logger {
 	var w io.Writer = io.Discard
 	if os.Getenv("WHALEWATCH_TEST_LOG") != "" {
 		w = os.Stderr
 	}
-	log := slog.New(slog.NewTextHandler(w, nil))
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+// runUntilStopped runs run until the returned stop is called (or the test
+// ends); stop returns run's error, or an error if run does not return.
+func runUntilStopped(tb testing.TB, run func(context.Context) error) (stop func() error) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- bus.NewConsumer(js, cfg, h, m, log).Run(ctx) }()
+	go func() { done <- run(ctx) }()
 	var once sync.Once
 	var err error
 	stop = func() error {

@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"encoding/json"
+	"io"
+	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -257,6 +260,23 @@ func TestNetcatInContainerBecomesThreatSlackPostAndDocument(t *testing.T) {
 	require.Equal(t, threat.Rule.ID, indexed.Rule.ID)
 	require.Equal(t, bad, indexed.Container.ID)
 	require.NotEmpty(t, st.ES.BulkRequests())
+	// The detector and the collector publish complete ECS, which the indexer
+	// stores as it arrives (its fast path): no document took the slow one.
+	require.NotNil(t, indexed.ECS)
+	require.Equal(t, "whalewatch-detector", indexed.Agent.Type)
+	natstest.Eventually(t, 30*time.Second, func() bool {
+		return len(st.ES.Docs("logs-whalewatch.process-default")) > 0
+	}, "no process telemetry indexed")
+	var proc event.Event
+	require.NoError(t, json.Unmarshal(st.ES.Docs("logs-whalewatch.process-default")[0].Source, &proc))
+	require.Equal(t, "whalewatch-collector", proc.Agent.Type)
+	require.Equal(t, st.Host, proc.Agent.Name)
+	indexer := st.Services["indexer"].Admin
+	fast := metricValue(t, indexer, `whalewatch_indexer_prepared_total{path="fast"}`)
+	slow := metricValue(t, indexer, `whalewatch_indexer_prepared_total{path="slow"}`)
+	t.Logf("indexer: %v documents on the fast path, %v on the slow one", fast, slow)
+	require.Positive(t, fast)
+	require.Zero(t, slow)
 
 	// 4. One exec, one alert: the process poller also saw nc, and that must not
 	// raise a second threat or post. Once the poller's nc telemetry is on NATS,
@@ -329,4 +349,23 @@ func (st *Stack) triggerKind(tb testing.TB, t *event.Event) event.Telemetry {
 		return e.Event.ID == t.Whalewatch.Trigger
 	})
 	return e.Whalewatch.Telemetry
+}
+
+// metricValue reads one series (name{labels} as exposed) from the /metrics
+// of the service at addr; 0 when it is absent.
+func metricValue(tb testing.TB, addr, series string) float64 {
+	tb.Helper()
+	res, err := http.Get("http://" + addr + "/metrics")
+	require.NoError(tb, err)
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	require.NoError(tb, err)
+	for _, line := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			require.NoError(tb, err, line)
+			return f
+		}
+	}
+	return 0
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/event"
 	"github.com/whalewatch/whalewatch/pkg/poll"
+	"github.com/whalewatch/whalewatch/pkg/service"
 	"github.com/whalewatch/whalewatch/services/collector/internal/sensor"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source/diff"
@@ -119,7 +120,13 @@ type modes struct {
 // on js, with the sources that cfg asks for and this host allows. It
 // registers its metrics on reg.
 func New(docker *client.Client, js bus.Publisher, cfg Config, log *slog.Logger, reg prometheus.Registerer) (*Collector, error) {
-	return build(newDockerAPI(docker), bus.NewEventPublisher(js, reg), cfg, hostCapabilities(), log, reg)
+	host, err := cfg.hostName()
+	if err != nil {
+		return nil, err
+	}
+	// Events leave complete (ECS), so that the indexer stores them as they are.
+	agent := event.Agent{Type: "whalewatch-collector", Name: host, Version: service.ReadBuildInfo().Version}
+	return build(newDockerAPI(docker), bus.NewEventPublisher(js, reg, bus.CompleteAs(agent)), cfg, hostCapabilities(), log, reg)
 }
 
 // The Docker API calls of the resource, log and file sources and of the

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -59,10 +60,14 @@ type Detector struct {
 
 // New returns a detector that publishes on js.
 func New(js bus.JetStream, cfg Config, log *slog.Logger, reg prometheus.Registerer) *Detector {
+	// Threats and response requests leave complete (ECS), so that the
+	// indexer stores them as they are; agent.name is where the detector runs.
+	host, _ := os.Hostname()
+	agent := event.Agent{Type: "whalewatch-detector", Name: host, Version: service.ReadBuildInfo().Version}
 	d := &Detector{
 		cfg:     cfg,
 		js:      js,
-		pub:     bus.NewEventPublisher(js, reg),
+		pub:     bus.NewEventPublisher(js, reg, bus.CompleteAs(agent)),
 		metrics: bus.NewConsumerMetrics(reg),
 		log:     log,
 		threats: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
 )
@@ -58,10 +61,24 @@ type preparer struct {
 	version string // agent.version of documents the indexer completes
 	// prefixes holds the data_stream splice of each dataset.
 	prefixes map[string][]byte
+	// fast and slow count documents stored as they arrived and documents
+	// decoded, completed and encoded (a publisher without event.Complete).
+	fast, slow prometheus.Counter
 }
 
-func newPreparer(ns, version string) *preparer {
-	p := &preparer{ns: ns, version: version, prefixes: map[string][]byte{}}
+// newDocumentsCounter registers whalewatch_indexer_prepared_total{path}.
+func newDocumentsCounter(reg prometheus.Registerer) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "whalewatch_indexer_prepared_total",
+		Help: "Documents prepared for Elasticsearch, by path: fast (complete ECS from the publisher, stored as it arrived) or slow (decoded, completed and encoded by the indexer).",
+	}, []string{"path"})
+	reg.MustRegister(c)
+	return c
+}
+
+func newPreparer(ns, version string, docs *prometheus.CounterVec) *preparer {
+	p := &preparer{ns: ns, version: version, prefixes: map[string][]byte{},
+		fast: docs.WithLabelValues("fast"), slow: docs.WithLabelValues("slow")}
 	datasets := []string{event.DatasetThreat, event.DatasetResponse}
 	for _, t := range event.Telemetries {
 		datasets = append(datasets, t.Dataset())
@@ -95,7 +112,11 @@ func (p *preparer) prepare(data []byte) (Doc, error) {
 		return Doc{}, err
 	}
 	if len(pr.ECS) == 0 || string(pr.ECS) == "null" {
-		return p.complete(data, ds)
+		d, err := p.complete(data, ds)
+		if err == nil {
+			p.slow.Inc()
+		}
+		return d, err
 	}
 	if newline { // valid JSON may span lines; NDJSON may not
 		var c bytes.Buffer
@@ -113,6 +134,7 @@ func (p *preparer) prepare(data []byte) (Doc, error) {
 			d.Prefix = d.Prefix[:len(d.Prefix)-1]
 		}
 	}
+	p.fast.Inc()
 	return d, nil
 }
 
@@ -124,8 +146,10 @@ func (pr *probe) validate() (string, error) {
 	if v := pr.Whalewatch.SchemaVersion; v != event.SchemaMajor && !strings.HasPrefix(v, event.SchemaMajor+".") {
 		bad("whalewatch.schema_version %q: this build reads %s.x", event.Truncate(v, 32), event.SchemaMajor)
 	}
-	if pr.Event.ID == "" || len(pr.Event.ID) > event.MaxName {
-		bad("event.id missing or longer than %d", event.MaxName)
+	// _id is event.id: one that is not UTF-8 would be stored as U+FFFD,
+	// so that two such ids would be one document (the second a duplicate).
+	if pr.Event.ID == "" || len(pr.Event.ID) > event.MaxName || !utf8.ValidString(pr.Event.ID) {
+		bad("event.id missing, longer than %d or not UTF-8", event.MaxName)
 	}
 	if pr.Timestamp == nil {
 		bad("@timestamp missing")

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
@@ -72,7 +73,7 @@ func TestMappingsFollowECS(t *testing.T) {
 // A completed document carries the ECS fields every event must have.
 func TestCompleteFillsECS(t *testing.T) {
 	t.Parallel()
-	p := newPreparer("default", "v1.2.3")
+	p := newPreparer("default", "v1.2.3", newDocumentsCounter(prometheus.NewRegistry()))
 	e := telemetry(event.TelemetryNetwork)
 	e.Source = &event.Endpoint{IP: "172.17.0.2", Port: 4444}
 	e.Destination = &event.Endpoint{IP: "not an ip", Port: 80}

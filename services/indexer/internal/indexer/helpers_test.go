@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
@@ -98,7 +99,7 @@ func marshal(tb testing.TB, e *event.Event) string {
 // publishers send.
 func docsOf(tb testing.TB, events ...*event.Event) []Doc {
 	tb.Helper()
-	p := newPreparer("default", Version())
+	p := newPreparer("default", Version(), newDocumentsCounter(prometheus.NewRegistry()))
 	out := make([]Doc, len(events))
 	for i, e := range events {
 		d, err := p.prepare([]byte(marshal(tb, e)))

@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/whalewatch/whalewatch/pkg/bus"
 )
 
 // ConsumeFunc consumes partition p until ctx ends, then finishes (acks or
@@ -25,15 +27,17 @@ type Hooks struct {
 	Released func(p int)
 }
 
-// OpenLeases creates (idempotently) the lease bucket with the given TTL.
-func OpenLeases(ctx context.Context, js jetstream.KeyValueManager, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+// OpenLeases opens the lease bucket with the given TTL, creating or
+// updating it (bus.EnsureKeyValue: deadlines sized for a cluster, retried
+// until ctx ends; onErr, may be nil, sees each failed try).
+func OpenLeases(ctx context.Context, js bus.KeyValueManager, ttl time.Duration, replicas int, onErr func(error)) (jetstream.KeyValue, error) {
+	kv, err := bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      LeaseBucket,
 		Description: "whalewatch detector: live replicas and partition locks",
 		TTL:         ttl,
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    replicas,
-	})
+	}, onErr)
 	if err != nil {
 		return nil, fmt.Errorf("opening KV bucket %s: %w", LeaseBucket, err)
 	}

@@ -155,7 +155,7 @@ func TestThreeReplicasKillOne(t *testing.T) {
 		require.NoError(t, err)
 		rjs, err := jetstream.New(nc)
 		require.NoError(t, err)
-		kv, err := OpenLeases(ctx, rjs, ttl, 1)
+		kv, err := OpenLeases(ctx, rjs, ttl, 1, nil)
 		require.NoError(t, err)
 		r := &replica{id: id, nc: nc, done: make(chan error, 1)}
 		metrics := bus.NewConsumerMetrics(prometheus.NewRegistry())

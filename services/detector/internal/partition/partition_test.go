@@ -311,3 +311,56 @@ func TestThreeReplicasKillOne(t *testing.T) {
 		}
 	}
 }
+
+// A replica that cannot renew its locks (the lease bucket has no leader,
+// or NATS is gone) stops consuming before the locks can expire and another
+// replica take them: never two consumers on one partition.
+func TestUnrenewedLeaseStopsConsuming(t *testing.T) {
+	t.Parallel()
+	const count = 2
+	ttl := 4 * time.Second
+	s, js, _ := setup(t, count)
+	kv, err := OpenLeases(t.Context(), js, ttl, 1, nil)
+	require.NoError(t, err)
+	var mu sync.Mutex
+	running := map[int]bool{}
+	var stopped []time.Time
+	consume := func(ctx context.Context, p int) error {
+		mu.Lock()
+		running[p] = true
+		mu.Unlock()
+		<-ctx.Done()
+		mu.Lock()
+		delete(running, p)
+		stopped = append(stopped, time.Now())
+		mu.Unlock()
+		return nil
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	m := NewManager(Config{Count: count, LeaseTTL: ttl}, "r0", kv, consume, Hooks{}, log, prometheus.NewRegistry())
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	natstest.Eventually(t, 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(running) == count
+	}, "partitions not acquired")
+
+	lost := time.Now()
+	s.Shutdown() // every renewal fails from here on
+	natstest.Eventually(t, 2*ttl, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(running) == 0
+	}, "still consuming without a lease")
+	mu.Lock()
+	defer mu.Unlock()
+	for _, at := range stopped {
+		require.Less(t, at.Sub(lost), ttl, "stopped after the lock could have expired")
+	}
+}

@@ -71,7 +71,7 @@ func TestExtend(t *testing.T) {
 	t.Parallel()
 	_, js := natstest.Connect(t, natstest.Server(t))
 	ctx := t.Context()
-	s, other := open(t, js, 300*time.Millisecond), open(t, js, time.Minute)
+	s, other := open(t, js, time.Second), open(t, js, time.Minute)
 	c, err := s.Claim(ctx, "k")
 	require.NoError(t, err)
 	for range 4 {
@@ -79,7 +79,7 @@ func TestExtend(t *testing.T) {
 		got, err := other.Claim(ctx, "k")
 		require.NoError(t, err)
 		require.Equal(t, claim.Held, got.State)
-		time.Sleep(100 * time.Millisecond) // lets the lease run down: what Extend is for
+		time.Sleep(300 * time.Millisecond) // lets the lease run down (1.2 s in all): what Extend is for
 	}
 	require.NoError(t, s.Done(ctx, c))
 }

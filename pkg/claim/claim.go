@@ -42,8 +42,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/whalewatch/whalewatch/pkg/bus"
 )
 
 // Config describes a claim store.
@@ -60,6 +61,13 @@ type Config struct {
 	// Lease is how long a claim without Done keeps others away. It must
 	// exceed the longest the effect can take (a request's timeout).
 	Lease time.Duration
+	// Prefix, when set, is put before every key unhashed, followed by a
+	// '.': a namespace that NATS permissions can match with
+	// `$KV.<bucket>.<prefix>.>` (the collector's host token). It must be a
+	// valid KV key without '.', '*' or '>'.
+	Prefix string
+	// OnRetry (may be nil) sees each failed try of opening the bucket.
+	OnRetry func(error)
 }
 
 // State is what Claim found.
@@ -101,18 +109,16 @@ type Claim struct {
 func (c Claim) Wait(now time.Time) time.Duration { return max(c.Until.Sub(now), 0) }
 
 // KeyValueManager is the part of JetStream Open needs.
-type KeyValueManager interface {
-	KeyValue(ctx context.Context, bucket string) (jetstream.KeyValue, error)
-	CreateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error)
-}
+type KeyValueManager = bus.KeyValueManager
 
 // Store is a claim store on one KV bucket.
 type Store struct {
-	kv    jetstream.KeyValue
-	lease time.Duration
-	owner string
-	seq   atomic.Uint64 // makes every claim's value unique
-	now   func() time.Time
+	kv     jetstream.KeyValue
+	prefix string
+	lease  time.Duration
+	owner  string
+	seq    atomic.Uint64 // makes every claim's value unique
+	now    func() time.Time
 }
 
 // attemptTimeout bounds the first try of a KV request; each retry waits
@@ -131,9 +137,8 @@ const retryPause = 250 * time.Millisecond
 // Open opens the bucket, creating it with cfg when it does not exist yet.
 // An existing bucket is used as it is configured. A request left unanswered
 // (a busy meta leader may lose its answer; the bucket is then read back) is
-// retried with a growing deadline until ctx ends, so Open returns soon after
-// NATS can answer; an answer that is an error (e.g. a permission) is
-// returned at once.
+// retried with a growing deadline until ctx ends (bus.OpenKeyValue), so Open
+// returns soon after NATS can answer.
 func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
 	if cfg.Lease <= 0 {
 		return nil, errors.New("claim lease must be positive")
@@ -146,25 +151,20 @@ func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
 		Storage:     jetstream.FileStorage,
 		Replicas:    max(cfg.Replicas, 1),
 	}
-	kv, err := attempt(ctx, opened, func(ctx context.Context) (jetstream.KeyValue, error) {
-		kv, err := js.KeyValue(ctx, cfg.Bucket)
-		if !errors.Is(err, jetstream.ErrBucketNotFound) {
-			return kv, err
-		}
-		kv, err = js.CreateKeyValue(ctx, kvCfg)
-		if err != nil { // another replica was first, or the answer was lost
-			if kv2, lerr := js.KeyValue(ctx, cfg.Bucket); lerr == nil {
-				return kv2, nil
-			}
-		}
-		return kv, err
-	})
+	if cfg.Prefix != "" && (!plainKey(cfg.Prefix, false) || len(cfg.Prefix) > 100) {
+		return nil, fmt.Errorf("claim key prefix %q: want a KV key without '.'", cfg.Prefix)
+	}
+	prefix := ""
+	if cfg.Prefix != "" {
+		prefix = cfg.Prefix + "."
+	}
+	kv, err := bus.OpenKeyValue(ctx, js, kvCfg, cfg.OnRetry)
 	if err != nil {
 		return nil, fmt.Errorf("opening KV bucket %s: %w", cfg.Bucket, err)
 	}
 	var id [6]byte
 	_, _ = rand.Read(id[:])
-	return &Store{kv: kv, lease: cfg.Lease, owner: hex.EncodeToString(id[:]), now: time.Now}, nil
+	return &Store{kv: kv, prefix: prefix, lease: cfg.Lease, owner: hex.EncodeToString(id[:]), now: time.Now}, nil
 }
 
 // Values stored under a key: "done <owner>-<n>", or "held <unix-ms>
@@ -204,13 +204,6 @@ func answered(err error) bool {
 		errors.Is(err, jetstream.ErrKeyDeleted) || errors.As(err, &apiErr)
 }
 
-// opened reports whether err from opening a bucket is an answer (e.g. a
-// permission error), not a request left unanswered.
-func opened(err error) bool {
-	return !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) &&
-		!errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, jetstream.ErrNoStreamResponse)
-}
-
 func (s *Store) get(ctx context.Context, k string) (jetstream.KeyValueEntry, error) {
 	return attempt(ctx, answered, func(ctx context.Context) (jetstream.KeyValueEntry, error) { return s.kv.Get(ctx, k) })
 }
@@ -232,7 +225,7 @@ func parse(v []byte) (held bool, until time.Time) {
 // and do not do the effect. Writes whose answers are lost are retried until
 // ctx ends.
 func (s *Store) Claim(ctx context.Context, key string) (Claim, error) {
-	k := Key(key)
+	k := s.prefix + Key(key)
 	for range 3 { // the key may expire or be released between two calls
 		v := s.heldValue()
 		rev, err := attempt(ctx, answered, func(ctx context.Context) (uint64, error) { return s.kv.Create(ctx, k, v) })
@@ -339,14 +332,22 @@ func isWrongRevision(err error) bool {
 // cannot, so the two never collide. A '/' separates a caller's namespace
 // from the id ("slack-webhook/<event id>").
 func Key(id string) string {
-	plain := id != "" && len(id) <= 200
-	for i := 0; plain && i < len(id); i++ {
-		c := id[i]
-		plain = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '/'
-	}
+	plain := len(id) <= 200 && plainKey(id, true)
 	if plain {
 		return id
 	}
 	sum := sha256.Sum256([]byte(id))
 	return "h." + hex.EncodeToString(sum[:])
+}
+
+// plainKey reports whether s is a non-empty run of the KV key characters
+// that are not a subject's separators or wildcards ('/' when slash).
+func plainKey(s string, slash bool) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || slash && c == '/') {
+			return false
+		}
+	}
+	return s != ""
 }

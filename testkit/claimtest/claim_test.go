@@ -71,7 +71,7 @@ func TestExtend(t *testing.T) {
 	t.Parallel()
 	_, js := natstest.Connect(t, natstest.Server(t))
 	ctx := t.Context()
-	s, other := open(t, js, 300*time.Millisecond), open(t, js, time.Minute)
+	s, other := open(t, js, time.Second), open(t, js, time.Minute)
 	c, err := s.Claim(ctx, "k")
 	require.NoError(t, err)
 	for range 4 {
@@ -79,7 +79,7 @@ func TestExtend(t *testing.T) {
 		got, err := other.Claim(ctx, "k")
 		require.NoError(t, err)
 		require.Equal(t, claim.Held, got.State)
-		time.Sleep(100 * time.Millisecond) // lets the lease run down: what Extend is for
+		time.Sleep(300 * time.Millisecond) // lets the lease run down (1.2 s in all): what Extend is for
 	}
 	require.NoError(t, s.Done(ctx, c))
 }
@@ -146,4 +146,35 @@ func TestKey(t *testing.T) {
 		require.Regexp(t, `^[-/_=.a-zA-Z0-9]+$`, k)
 	}
 	require.NotEqual(t, claim.Key("a.b"), claim.Key("a b"))
+}
+
+// A prefix puts every key under "<prefix>." unhashed, so that a permission
+// can be limited to `$KV.<bucket>.<prefix>.>`; a prefix that is not one
+// plain token is refused.
+func TestPrefix(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	ctx := t.Context()
+	for _, tt := range []struct {
+		prefix, id, key string
+	}{
+		{"web-1", "0123abcd", "web-1.0123abcd"},
+		{"web_example_com", "a.b", "web_example_com." + claim.Key("a.b")},
+	} {
+		s, err := claim.Open(ctx, js, claim.Config{Bucket: "prefixed", TTL: time.Hour, Lease: time.Minute, Prefix: tt.prefix})
+		require.NoError(t, err)
+		c, err := s.Claim(ctx, tt.id)
+		require.NoError(t, err)
+		require.Equal(t, claim.Won, c.State)
+		require.Equal(t, tt.key, c.Key)
+		require.NoError(t, s.Done(ctx, c))
+		kv, err := js.KeyValue(ctx, "prefixed")
+		require.NoError(t, err)
+		_, err = kv.Get(ctx, tt.key)
+		require.NoError(t, err, "stored under %s", tt.key)
+	}
+	for _, bad := range []string{"a.b", "a*", ">", "h\u00f6st", "a/b"} {
+		_, err := claim.Open(ctx, js, claim.Config{Bucket: "prefixed", Lease: time.Minute, Prefix: bad})
+		require.Error(t, err, "prefix %q", bad)
+	}
 }

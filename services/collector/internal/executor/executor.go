@@ -16,10 +16,10 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/docker/docker/api/types/container"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/whalewatch/whalewatch/pkg/bus"
+	"github.com/whalewatch/whalewatch/pkg/claim"
 	"github.com/whalewatch/whalewatch/pkg/event"
 	"github.com/whalewatch/whalewatch/pkg/response"
 	"github.com/whalewatch/whalewatch/pkg/retry"
@@ -38,8 +38,10 @@ const (
 // never acts whatever the request.
 const ComponentLabel = "whalewatch.component"
 
-// DoneBucket is the NATS KV bucket of answered requests: key the request id,
-// value the result document.
+// DoneBucket is the NATS KV bucket of answered requests, a pkg/claim store:
+// key `<host token>.<request id>` (the host as a subject token, so that a
+// collector's NATS permission is `$KV.whalewatch_actions_done.<host>.>`;
+// a request id that is not a plain KV key is hashed, see claim.Key).
 const DoneBucket = "whalewatch_actions_done"
 
 // Config configures the executor.
@@ -99,32 +101,37 @@ type Docker interface {
 // JetStream is the part of JetStream the executor needs.
 type JetStream interface {
 	bus.JetStream
-	CreateOrUpdateKeyValue(ctx context.Context, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error)
+	claim.KeyValueManager
 }
 
-// doneStore remembers the result of each answered request.
-type doneStore interface {
-	get(ctx context.Context, requestID string) ([]byte, bool, error)
-	put(ctx context.Context, requestID string, result []byte) error
+// claimer is the claim store of answered requests (*claim.Store).
+type claimer interface {
+	Claim(ctx context.Context, key string) (claim.Claim, error)
+	Done(ctx context.Context, c claim.Claim) error
 }
 
 // Executor consumes this host's response requests and carries them out.
 //
-// Exactly-once: before acting it looks the request id up in DoneBucket; a
+// Exactly-once (pkg/claim): before acting it claims the request id in
+// DoneBucket, a write stored with the bucket's replicas. Only the winner
+// acts; it publishes the result (its id derived from the request's, so a
+// repeated publish is stored once), marks the claim done, then acks. A
 // request answered before (redelivered after a lost ack, or re-published
-// under another message id) gets its stored result re-published (same result
-// id, so JetStream stores it once) and nothing is done again. After acting it
-// stores the result, then publishes it, then acks. A crash between acting and
-// storing makes the request run again; every action is idempotent on the
-// engine's side (pausing a paused container is done without a call), so that
-// acts at most once in effect.
+// under another message id) is acked without acting or publishing again; one
+// whose claim is held (an attempt in progress, or one that died) is retried
+// after a back-off. A NATS leader change delays a claim, it does not lose it
+// or let a second attempt act. A collector that dies between acting and
+// marking the claim done leaves the claim held until its lease (twice the
+// ack wait) runs out; the next delivery then acts again, and every action is
+// idempotent on the engine's side (pausing a paused container is done
+// without a call), so that acts at most once in effect.
 type Executor struct {
 	cfg    Config
 	host   string
 	docker Docker
 	js     JetStream
 	pub    Publisher
-	done   doneStore
+	claims claimer
 	self   string // the collector's own container id, if it runs in one
 	ttl    time.Duration
 	rep    int
@@ -168,7 +175,7 @@ func New(docker Docker, js JetStream, pub Publisher, cfg Config, host string, st
 			}, []string{"action", "status"}),
 			replays: prometheus.NewCounter(prometheus.CounterOpts{
 				Name: "whalewatch_collector_response_replays_total",
-				Help: "Requests answered before (redelivered): their stored result was re-published, nothing was done again.",
+				Help: "Requests answered before (redelivered): acked, nothing was done or published again.",
 			}),
 		},
 	}
@@ -195,12 +202,15 @@ func (r *Executor) Run(ctx context.Context) error {
 		r.log.Info("response actions off: requests are not consumed")
 		return nil
 	}
-	if r.done == nil {
-		done, err := r.openDone(ctx)
+	if r.claims == nil {
+		claims, err := r.openClaims(ctx)
 		if err != nil {
-			return nil // shutting down
+			if ctx.Err() != nil {
+				return nil // shutting down
+			}
+			return err
 		}
-		r.done = done
+		r.claims = claims
 	}
 	r.log.Info("answering response requests", "mode", r.cfg.Mode, "protected_label", r.cfg.ProtectedLabel,
 		"own_container", r.self, "durable", r.Durable())
@@ -209,62 +219,63 @@ func (r *Executor) Run(ctx context.Context) error {
 		Durable:        r.Durable(),
 		FilterSubjects: []string{subject.ActionRequestsFor(r.host)},
 		BatchSize:      1,
-		AckWait:        r.cfg.StopTimeout + 2*source.CallTimeout,
+		AckWait:        r.ackWait(),
 		MaxDeliver:     10,
 	}, bus.Each(r.handle), r.cm, r.log)
 	return c.Run(ctx)
 }
 
-// openDone creates or updates the done bucket, retrying until NATS answers.
-// Its keys expire with the actions stream's max age: a request is never
-// redelivered after it left the stream.
-func (r *Executor) openDone(ctx context.Context) (doneStore, error) {
-	var kv jetstream.KeyValue
-	err := retry.Backoff{Initial: 100 * time.Millisecond, Max: 5 * time.Second}.Do(ctx, func(ctx context.Context) error {
-		var err error
-		kv, err = r.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-			Bucket:      DoneBucket,
-			Description: "response requests the whalewatch collectors answered, with their result",
-			TTL:         r.ttl,
-			History:     1,
-			Storage:     jetstream.FileStorage,
-			Replicas:    max(r.rep, 1),
-		})
-		return err
-	}, func(err error, _ time.Duration) {
-		r.log.Warn("opening the done bucket, will retry", "err", err)
+// ackWait is the consumer's ack wait: the longest an action takes (a stop's
+// grace period and two engine calls).
+func (r *Executor) ackWait() time.Duration { return r.cfg.StopTimeout + 2*source.CallTimeout }
+
+// lease is the claim's lease. It exceeds the ack wait, so that a request
+// redelivered after the ack wait (its in-progress acks went to a consumer
+// leader that died) finds the claim held while the first attempt may still
+// be acting, and then waits rather than acting beside it.
+func (r *Executor) lease() time.Duration { return 2 * r.ackWait() }
+
+// openClaims opens the done bucket, creating it when missing, retrying until
+// NATS answers (pkg/claim, pkg/bus OpenKeyValue). Its keys expire with the
+// actions stream's max age: a request is never redelivered after it left the
+// stream. A host whose name is not a plain KV key token is an error.
+func (r *Executor) openClaims(ctx context.Context) (claimer, error) {
+	s, err := claim.Open(ctx, r.js, claim.Config{
+		Bucket:      DoneBucket,
+		Description: "response requests the whalewatch collectors answered (claims, key <host>.<request id>)",
+		TTL:         r.ttl,
+		Replicas:    max(r.rep, 1),
+		Lease:       r.lease(),
+		Prefix:      subject.Token(r.host),
+		OnRetry: func(err error) {
+			r.log.Warn("opening the done bucket, will retry", "err", err)
+		},
 	})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("response requests: %w", err)
 	}
-	return kvDone{kv}, nil
+	return s, nil
 }
 
 // handle answers one request. It returns an error (nak, redelivery) only when
 // NATS failed; every outcome of the action itself is a result.
 func (r *Executor) handle(ctx context.Context, e *event.Event) error {
-	prev, ok, err := r.done.get(ctx, e.Event.ID)
+	cctx, cancel := context.WithTimeout(ctx, r.lease())
+	defer cancel()
+	c, err := r.claims.Claim(cctx, e.Event.ID)
 	if err != nil {
 		return err
 	}
-	if ok {
-		res, err := event.Decode(prev)
-		if err == nil {
-			r.m.replays.Inc()
-			r.log.Info("request answered before, re-publishing its result", "request_id", e.Event.ID,
-				"status", res.Whalewatch.Response.Status)
-			return r.pub.Publish(ctx, response.ResultSubject(res), res)
-		}
-		r.log.Warn("stored result unreadable, answering again", "request_id", e.Event.ID, "err", err)
+	switch c.State {
+	case claim.Done:
+		r.m.replays.Inc()
+		r.log.Info("request answered before, its result published then: nothing done again", "request_id", e.Event.ID)
+		return nil
+	case claim.Held:
+		return fmt.Errorf("request %s is being answered elsewhere or was interrupted: claim held for %v more",
+			event.Truncate(e.Event.ID, 64), c.Wait(r.now()).Round(time.Second))
 	}
 	res := r.respond(ctx, e)
-	data, err := event.Marshal(res)
-	if err != nil {
-		return bus.Permanent(err)
-	}
-	if err := r.done.put(ctx, e.Event.ID, data); err != nil {
-		return err
-	}
 	resp := res.Whalewatch.Response
 	action := resp.Action
 	if !response.ValidAction(response.Action(action)) {
@@ -277,8 +288,28 @@ func (r *Executor) handle(ctx context.Context, e *event.Event) error {
 	}
 	r.log.Log(ctx, lvl, "response request answered", "request_id", e.Event.ID, "action", resp.Action,
 		"status", resp.Status, "reason", resp.Reason, "container_id", res.Container.ID, "trigger", e.Whalewatch.Trigger)
-	return r.pub.Publish(ctx, response.ResultSubject(res), res)
+	// Acted: from here on the claim is kept. If the result or the done mark
+	// cannot be stored within the lease, the claim's lease runs out and a
+	// later delivery answers again (idempotently).
+	pctx, cancel := context.WithTimeout(ctx, r.lease())
+	defer cancel()
+	err = retry.Backoff{Initial: 250 * time.Millisecond, Max: 2 * time.Second}.Do(pctx, func(ctx context.Context) error {
+		// Each try gets its own deadline: a publish sent to a stream
+		// leader that died is not answered.
+		actx, cancel := context.WithTimeout(ctx, publishTimeout)
+		defer cancel()
+		return r.pub.Publish(actx, response.ResultSubject(res), res)
+	}, func(err error, delay time.Duration) {
+		r.log.Warn("publishing the result, will retry", "request_id", e.Event.ID, "retry_in", delay, "err", err)
+	})
+	if err != nil {
+		return fmt.Errorf("publishing the result of %s: %w", event.Truncate(e.Event.ID, 64), err)
+	}
+	return r.claims.Done(pctx, c)
 }
+
+// publishTimeout bounds one try of publishing a result.
+const publishTimeout = 5 * time.Second
 
 // respond decides and, in enforce mode, acts; it returns the result.
 func (r *Executor) respond(ctx context.Context, e *event.Event) *event.Event {
@@ -354,40 +385,4 @@ func describe(req response.Request) string {
 		return fmt.Sprintf("limit the container's CPU to %g cores", req.CPUs)
 	}
 	return string(req.Action) + " the container"
-}
-
-// kvDone is a doneStore in a NATS KV bucket.
-type kvDone struct{ kv jetstream.KeyValue }
-
-func (d kvDone) get(ctx context.Context, id string) ([]byte, bool, error) {
-	v, err := d.kv.Get(ctx, doneKey(id))
-	switch {
-	case err == nil:
-		return v.Value(), true, nil
-	case errors.Is(err, jetstream.ErrKeyNotFound):
-		return nil, false, nil
-	}
-	return nil, false, fmt.Errorf("looking up request %s in %s: %w", event.Truncate(id, 64), DoneBucket, err)
-}
-
-func (d kvDone) put(ctx context.Context, id string, result []byte) error {
-	if _, err := d.kv.Put(ctx, doneKey(id), result); err != nil {
-		return fmt.Errorf("recording request %s in %s: %w", event.Truncate(id, 64), DoneBucket, err)
-	}
-	return nil
-}
-
-// doneKey is the request id when it is a plain KV key (NewID and DeriveID ids
-// are hex), a hash of it otherwise: ids come over the wire, and KV keys allow
-// only [-/_=.a-zA-Z0-9]. A hashed key contains a '.', a plain one cannot.
-func doneKey(id string) string {
-	plain := id != "" && len(id) <= 128
-	for i := 0; plain && i < len(id); i++ {
-		c := id[i]
-		plain = c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_'
-	}
-	if plain {
-		return id
-	}
-	return "h." + event.DeriveID("done-key", id)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/bus"
+	"github.com/whalewatch/whalewatch/pkg/claim"
 	"github.com/whalewatch/whalewatch/pkg/event"
 	"github.com/whalewatch/whalewatch/pkg/response"
 )
@@ -100,23 +101,27 @@ func (f *fakeEngine) NetworkDisconnect(_ context.Context, n, _ string, _ bool) e
 	return f.call("disconnect "+n, func(*container.State) { delete(f.in.NetworkSettings.Networks, n) })
 }
 
-// memDone is a doneStore in memory.
-type memDone struct {
+// memClaims is a claimer in memory: a key is won once, then held until
+// Done.
+type memClaims struct {
 	mu sync.Mutex
-	m  map[string][]byte
+	m  map[string]claim.State
 }
 
-func (d *memDone) get(_ context.Context, id string) ([]byte, bool, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	v, ok := d.m[id]
-	return v, ok, nil
+func (c *memClaims) Claim(_ context.Context, key string) (claim.Claim, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.m[key]; ok {
+		return claim.Claim{State: st, Key: key}, nil
+	}
+	c.m[key] = claim.Held
+	return claim.Claim{State: claim.Won, Key: key}, nil
 }
 
-func (d *memDone) put(_ context.Context, id string, v []byte) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.m[id] = v
+func (c *memClaims) Done(_ context.Context, cl claim.Claim) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m[cl.Key] = claim.Done
 	return nil
 }
 
@@ -141,7 +146,7 @@ func newTestResponder(t *testing.T, eng *fakeEngine, mode string) (*Executor, *r
 	cfg.Mode = mode
 	pub := &recorder{}
 	r := New(eng, nil, pub, cfg, "h", bus.StreamsConfig{}, slog.New(slog.NewTextHandler(io.Discard, nil)), prometheus.NewRegistry())
-	r.done = &memDone{m: map[string][]byte{}}
+	r.claims = &memClaims{m: map[string]claim.State{}}
 	r.self = selfID
 	return r, pub
 }
@@ -311,9 +316,8 @@ func TestResponderActsOncePerRequest(t *testing.T) {
 	require.NoError(t, r.handle(t.Context(), req))
 
 	require.Equal(t, []string{"pause"}, eng.calls)
-	require.Len(t, pub.got, 2)
-	require.Equal(t, pub.got[0].Event.ID, pub.got[1].Event.ID, "the stored result is re-published as it was")
-	require.Equal(t, string(response.StatusDone), pub.got[1].Whalewatch.Response.Status)
+	require.Len(t, pub.got, 1, "the result is published once")
+	require.Equal(t, string(response.StatusDone), pub.got[0].Whalewatch.Response.Status)
 	require.Equal(t, 1.0, testutil.ToFloat64(r.m.replays))
 	require.Equal(t, 1.0, testutil.ToFloat64(r.m.results.WithLabelValues(string(response.Pause), string(response.StatusDone))))
 }
@@ -379,18 +383,10 @@ func TestDurableToken(t *testing.T) {
 	require.Equal(t, "a_b_c", durableToken(`a/b\c`))
 }
 
-func TestDoneKey(t *testing.T) {
-	t.Parallel()
-	require.Equal(t, "abc-123", doneKey("abc-123"))
-	k := doneKey("a.b c")
-	require.True(t, strings.HasPrefix(k, "h."), k)
-	require.NotEqual(t, k, doneKey("a.b d"))
-}
-
 func TestResponderOffConsumesNothing(t *testing.T) {
 	t.Parallel()
 	r, _ := newTestResponder(t, newFakeEngine(victim, nil), ModeOff)
-	r.done = nil // would be opened on NATS (r.js is nil: it must not be touched)
+	r.claims = nil // would be opened on NATS (r.js is nil: it must not be touched)
 	require.NoError(t, r.Run(t.Context()))
 }
 
@@ -401,4 +397,17 @@ func testConfig(t *testing.T) Config {
 	cfg.RegisterFlags(fs)
 	require.NoError(t, fs.Parse(nil))
 	return cfg
+}
+
+// A request whose claim another attempt holds is retried later (an error:
+// nak), with nothing done or published meanwhile.
+func TestResponderWaitsForAHeldClaim(t *testing.T) {
+	t.Parallel()
+	eng := newFakeEngine(victim, nil, "bridge")
+	r, pub := newTestResponder(t, eng, ModeEnforce)
+	req := request(t, victim, response.Pause)
+	r.claims.(*memClaims).m[req.Event.ID] = claim.Held
+	require.Error(t, r.handle(t.Context(), req))
+	require.Empty(t, eng.calls)
+	require.Empty(t, pub.got)
 }

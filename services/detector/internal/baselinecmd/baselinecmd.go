@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/whalewatch/whalewatch/pkg/bus"
 	"github.com/whalewatch/whalewatch/pkg/flagenv"
 	"github.com/whalewatch/whalewatch/services/detector/internal/state"
 )
@@ -67,12 +68,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	kv, err := state.OpenBaselines(ctx, js, 1)
+	// An existing bucket is used as the detectors configured it (replicas).
+	kv, err := bus.OpenKeyValue(ctx, js, state.BaselineConfig(1), nil)
 	if err != nil {
-		kv, err = js.KeyValue(ctx, state.BaselineBucket) // exists with other replicas
-		if err != nil {
-			return err
-		}
+		return fmt.Errorf("opening KV bucket %s: %w", state.BaselineBucket, err)
 	}
 	return Run(ctx, kv, fs.Args(), stdout)
 }

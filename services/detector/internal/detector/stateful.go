@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/whalewatch/whalewatch/pkg/bus"
@@ -19,7 +18,7 @@ import (
 // KV buckets (baselines, leases) and the partitioned stream.
 type stateJetStream interface {
 	bus.JetStream
-	jetstream.KeyValueManager
+	bus.KeyValueManager
 	partition.StreamManager
 }
 
@@ -31,12 +30,11 @@ func (d *Detector) runStateful(ctx context.Context, js stateJetStream) error {
 	ready := make(chan struct{})
 	if d.cfg.State.BaselineLearning > 0 {
 		g.Go(func() error {
-			var kv jetstream.KeyValue
-			if !d.retry(gctx, "opening baselines bucket", func() (err error) {
-				kv, err = state.OpenBaselines(gctx, js, d.cfg.NATS.Streams.Replicas)
-				return err
-			}) {
-				return nil
+			kv, err := state.OpenBaselines(gctx, js, d.cfg.NATS.Streams.Replicas, func(err error) {
+				d.log.Warn("opening baselines bucket, will retry", "err", err)
+			})
+			if err != nil {
+				return nil // shutting down
 			}
 			return d.recorder.SyncBaselines(gctx, kv, ready, func(err error) {
 				d.log.Warn("baseline sync", "err", err)
@@ -63,15 +61,23 @@ func (d *Detector) runStateful(ctx context.Context, js stateJetStream) error {
 // and consumes the partitions this replica owns.
 func (d *Detector) runPartitioned(ctx context.Context, js stateJetStream) error {
 	n := d.cfg.Partition.Count
-	var kv jetstream.KeyValue
-	if !d.retry(ctx, "preparing partitions", func() (err error) {
-		if err := partition.EnsureStream(ctx, js, n, d.cfg.NATS.Streams); err != nil {
-			return err
-		}
-		kv, err = partition.OpenLeases(ctx, js, d.cfg.Partition.LeaseTTL, d.cfg.NATS.Streams.Replicas)
-		return err
+	// Each try gets a deadline sized for a busy meta leader, growing as
+	// bus.EnsureStreams' do: a create whose answer was lost is found by the
+	// next try's read.
+	timeout := bus.APITimeout
+	if !d.retry(ctx, "preparing partitions", func() error {
+		actx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		timeout = min(2*timeout, bus.MaxAPITimeout)
+		return partition.EnsureStream(actx, js, n, d.cfg.NATS.Streams)
 	}) {
 		return nil
+	}
+	kv, err := partition.OpenLeases(ctx, js, d.cfg.Partition.LeaseTTL, d.cfg.NATS.Streams.Replicas, func(err error) {
+		d.log.Warn("opening the lease bucket, will retry", "err", err)
+	})
+	if err != nil {
+		return nil // shutting down
 	}
 	// Windows of a partition are dropped when it arrives and when it
 	// leaves: what this replica knew may be stale after someone else

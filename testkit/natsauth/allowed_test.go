@@ -268,11 +268,16 @@ func TestEveryIdentityCanDoItsJob(t *testing.T) {
 			pub := bus.NewEventPublisher(js, prometheus.NewRegistry())
 			consume(t, e, collector(h), bus.ConsumerConfig{Stream: bus.StreamActions, Durable: durableCollector(h),
 				FilterSubjects: []string{subject.ActionRequestsFor(h)}, BatchSize: 1}, 1, func(ctx context.Context, ev *event.Event) error {
-				if _, err := done.Get(ctx, ev.Event.ID); !errors.Is(err, jetstream.ErrKeyNotFound) {
+				// The collector's key: its host's token, then the request id.
+				key := subject.Token(h) + "." + ev.Event.ID
+				if _, err := done.Get(ctx, key); !errors.Is(err, jetstream.ErrKeyNotFound) {
 					return fmt.Errorf("done bucket: %w", err)
 				}
-				if _, err := done.Put(ctx, ev.Event.ID, []byte("{}")); err != nil {
+				if _, err := done.Put(ctx, key, []byte("{}")); err != nil {
 					return err
+				}
+				if _, err := done.Get(ctx, key); err != nil {
+					return fmt.Errorf("done bucket, own key: %w", err)
 				}
 				return pub.Publish(ctx, subject.ActionResult(h, "c1"), testEvent(h))
 			})

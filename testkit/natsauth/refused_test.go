@@ -62,6 +62,18 @@ func openKV(bucket string) op {
 	}
 }
 
+// kvGet opens bucket (STREAM.INFO, allowed) and gets key.
+func kvGet(bucket, key string) op {
+	return func(ctx context.Context, c *Client) error {
+		kv, err := c.JS.KeyValue(ctx, bucket)
+		if err != nil {
+			return err
+		}
+		_, err = kv.Get(ctx, key)
+		return err
+	}
+}
+
 func onStream(name string, f func(context.Context, jetstream.Stream) error) op {
 	return func(ctx context.Context, c *Client) error {
 		st, err := c.JS.Stream(ctx, name) // STREAM.INFO, which every service may do
@@ -132,6 +144,15 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 		}, `Publish to "` + api + `CONSUMER.DELETE.WHALEWATCH_TELEMETRY.detector"`},
 		{colA, "ack the detector's messages", request("$JS.ACK.WHALEWATCH_TELEMETRY.detector.1.1.1.1.0"),
 			`Publish to "$JS.ACK.WHALEWATCH_TELEMETRY.detector.1.1.1.1.0"`},
+		{colA, "mark another host's request done", pub("$KV.whalewatch_actions_done." + tokB + ".r1"),
+			`Publish to "$KV.whalewatch_actions_done.` + tokB + `.r1"`},
+		{colA, "write a done key outside any host", pub("$KV.whalewatch_actions_done.r1"), `Publish to "$KV.whalewatch_actions_done.r1"`},
+		{colA, "read another host's done key", kvGet(bucketDone, tokB+".r1"),
+			`Publish to "` + api + `DIRECT.GET.KV_whalewatch_actions_done.$KV.whalewatch_actions_done.` + tokB + `.r1"`},
+		{colA, "read the done bucket by sequence", request(api + "STREAM.MSG.GET.KV_whalewatch_actions_done"),
+			`Publish to "` + api + `STREAM.MSG.GET.KV_whalewatch_actions_done"`},
+		{colA, "read the done bucket by sequence, direct", request(api + "DIRECT.GET.KV_whalewatch_actions_done"),
+			`Publish to "` + api + `DIRECT.GET.KV_whalewatch_actions_done"`},
 		{colA, "read the notifier's ledger", openKV(bucketLedger), `Publish to "` + api + `STREAM.INFO.KV_whalewatch_notifier_sent"`},
 		{colA, "write a baseline", pub("$KV.whalewatch_baselines.nginx"), `Publish to "$KV.whalewatch_baselines.nginx"`},
 

@@ -180,17 +180,13 @@ func createStream(ctx context.Context, js StreamManager, spec jetstream.StreamCo
 	}
 	// Another service created it first (with these settings or others: then
 	// this start updates it next time), or the answer was lost.
-	_, rerr := streamConfig(ctx, js, spec.Name, timeout)
-	if rerr == nil {
+	if _, rerr := streamConfig(ctx, js, spec.Name, timeout); rerr == nil {
 		return nil
 	}
-	if errors.Is(rerr, jetstream.ErrStreamNotFound) {
-		// A refused publish (permission violation) is only seen as a
-		// timeout by the requester: the cause is named, not guessed.
-		return fmt.Errorf("stream %s does not exist and this identity could not create it (%w): "+
-			"create the streams with %s, or give this identity STREAM.CREATE", spec.Name, err, SetupCommand)
-	}
-	return fmt.Errorf("creating stream %s: %w", spec.Name, err)
+	// A refused publish (permission violation) is only seen as a timeout by
+	// the requester: the likely cause is named, not asserted.
+	return fmt.Errorf("stream %s does not exist and this identity could not create it (%w): "+
+		"create the streams with %s, or give this identity STREAM.CREATE", spec.Name, err, SetupCommand)
 }
 
 // updateStream updates a stream whose settings differ from spec. Refused (the

@@ -47,7 +47,7 @@ func TestComposeSmoke(t *testing.T) {
 	buildImages(t, root, tag)
 
 	d := natsauth.Deploy(t, smokeHost)
-	for _, id := range []string{"detector", "indexer", "notifier", "collector-" + smokeHost} {
+	for _, id := range []string{"detector", "indexer", "notifier", "setup", "collector-" + smokeHost} {
 		require.NoError(t, os.Chown(d.Seed(id), 65534, 65534)) // the services' user (deploy/Dockerfile)
 	}
 	port := func() string { _, p, _ := strings.Cut(e2e.FreeAddr(t), ":"); return p }
@@ -85,7 +85,7 @@ func TestComposeSmoke(t *testing.T) {
 	// Every service with a healthcheck becomes healthy.
 	natstest.Eventually(t, 3*time.Minute, func() bool {
 		ids := strings.Fields(dockertest.Docker(t, "ps", "-q", "--filter", "label=com.docker.compose.project="+project))
-		if len(ids) < 9 { // all but es-setup, which has exited
+		if len(ids) < 9 { // all but es-setup, setup and nats-setup, which have exited
 
 			return false
 		}

@@ -91,10 +91,11 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 	t.Parallel()
 	d := Deploy(t, hostA, hostB)
 	s := Server(t, d, ServerOptions{})
-	setup := Connect(t, "admin", d.Config(s, "admin"))
+	admin := Connect(t, "admin", d.Config(s, "admin"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(t, bus.EnsureStreams(ctx, setup.JS, DefaultStreams()))
+	require.NoError(t, bus.EnsureStreams(ctx, Connect(t, "setup", d.Config(s, "setup")).JS, DefaultStreams()))
+	setup := admin // KV buckets and a consumer, as the services would make them
 	for _, b := range []string{bucketDone, bucketBaselines, bucketLedger} {
 		_, err := setup.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b})
 		require.NoError(t, err)
@@ -133,6 +134,10 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 			_, err := c.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "COPY", Sources: []*jetstream.StreamSource{{Name: bus.StreamThreats}}})
 			return err
 		}, `Publish to "` + api + `STREAM.CREATE.COPY"`},
+		{colA, "create a stream (the setup job's)", func(ctx context.Context, c *Client) error {
+			_, err := c.JS.CreateStream(ctx, jetstream.StreamConfig{Name: bus.StreamThreats, Subjects: []string{subject.AllThreats}})
+			return err
+		}, `Publish to "` + api + `STREAM.CREATE.WHALEWATCH_THREATS"`},
 		{colA, "delete a stream", func(ctx context.Context, c *Client) error { return c.JS.DeleteStream(ctx, bus.StreamTelemetry) },
 			`Publish to "` + api + `STREAM.DELETE.WHALEWATCH_TELEMETRY"`},
 		{colA, "purge a stream", onStream(bus.StreamActions, func(ctx context.Context, st jetstream.Stream) error { return st.Purge(ctx) }),
@@ -188,6 +193,39 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 			`Publish to "` + api + `STREAM.DELETE.WHALEWATCH_THREATS"`},
 		{"notifier", "read the baselines", openKV(bucketBaselines), `Publish to "` + api + `STREAM.INFO.KV_whalewatch_baselines"`},
 	}
+	// Stream management is the setup identity's: every service may only read
+	// the streams; setup may create and update them, and nothing more.
+	shrink := func(ctx context.Context, c *Client) error {
+		cfg := DefaultStreams()
+		cfg.Telemetry.MaxBytes = 1 << 20
+		_, err := c.JS.UpdateStream(ctx, cfg.Specs()[0])
+		return err
+	}
+	for _, id := range []string{colA, "detector", "indexer", "notifier"} {
+		tests = append(tests, struct {
+			id, name string
+			op       op
+			want     string
+		}{id, "update a stream (the setup job's)", shrink, `Publish to "` + api + `STREAM.UPDATE.WHALEWATCH_TELEMETRY"`})
+	}
+	tests = append(tests, []struct {
+		id, name string
+		op       op
+		want     string
+	}{
+		{"setup", "delete a stream", func(ctx context.Context, c *Client) error { return c.JS.DeleteStream(ctx, bus.StreamThreats) },
+			`Publish to "` + api + `STREAM.DELETE.WHALEWATCH_THREATS"`},
+		{"setup", "purge a stream", onStream(bus.StreamThreats, func(ctx context.Context, st jetstream.Stream) error { return st.Purge(ctx) }),
+			`Publish to "` + api + `STREAM.PURGE.WHALEWATCH_THREATS"`},
+		{"setup", "create another stream", func(ctx context.Context, c *Client) error {
+			_, err := c.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "COPY", Sources: []*jetstream.StreamSource{{Name: bus.StreamThreats}}})
+			return err
+		}, `Publish to "` + api + `STREAM.CREATE.COPY"`},
+		{"setup", "publish a threat", pub(subject.Threat("critical", "r1")), `Publish to "whalewatch.threats.critical.r1"`},
+		{"setup", "publish a response request", pub(subject.ActionRequest(hostA, "c1")), `Publish to "whalewatch.actions.request.web-1.c1"`},
+		{"setup", "read the threats", createConsumer(bus.StreamThreats, "spy", subject.AllThreats),
+			`Publish to "` + api + `CONSUMER.CREATE.WHALEWATCH_THREATS.spy.whalewatch.threats.>"`},
+	}...)
 	for _, tt := range tests {
 		t.Run(tt.id+" may not "+tt.name, func(t *testing.T) {
 			t.Parallel()

@@ -24,13 +24,13 @@ func TestCredsScriptAddsHostsAndKeepsSeeds(t *testing.T) {
 
 	users, err := os.ReadFile(filepath.Join(d.Secrets(), "users.conf"))
 	require.NoError(t, err)
-	for _, id := range []string{"detector", "indexer", "notifier", "admin", collector(hostA), "collector-web-3"} {
+	for _, id := range []string{"detector", "indexer", "notifier", "setup", "admin", collector(hostA), "collector-web-3"} {
 		require.Contains(t, string(users), "# "+id+"\n", "users.conf lists %s", id)
 		fi, err := os.Stat(d.Seed(id))
 		require.NoError(t, err)
 		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm(), "%s's seed is private", id)
 	}
-	require.Equal(t, 6, strings.Count(string(users), "nkey: \"U"))
+	require.Equal(t, 7, strings.Count(string(users), "nkey: \"U"))
 	require.Contains(t, string(users), `"whalewatch.telemetry.web-3.>"`)
 }
 

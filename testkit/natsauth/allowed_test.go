@@ -363,12 +363,13 @@ func TestEveryIdentityCanDoItsJob(t *testing.T) {
 		}
 		require.Equal(t, 2, n)
 
-		// main: CreateOrUpdateKeyValue; the notifier branch: KeyValue, then CreateKeyValue.
+		// pkg/claim and the notifier's gate: KeyValue, then CreateKeyValue
+		// when missing (never an update: the notifier may not update a bucket).
 		_, err = js.KeyValue(ctx, bucketLedger)
 		require.ErrorIs(t, err, jetstream.ErrBucketNotFound)
 		ledger, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketLedger, TTL: time.Hour, Storage: jetstream.FileStorage})
 		require.NoError(t, err)
-		_, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketLedger, TTL: time.Hour, Storage: jetstream.FileStorage})
+		_, err = js.KeyValue(ctx, bucketLedger)
 		require.NoError(t, err)
 		rev, err := ledger.Create(ctx, "slack/e1", []byte("held"))
 		require.NoError(t, err)

@@ -116,7 +116,11 @@ out="$dir/users.conf.tmp"
 	done
 	echo "]"
 } >"$out"
-mv "$out" "$dir/users.conf"
+# Written in place, not renamed over: docker-compose.yml bind-mounts this one
+# file into nats-server, and a bind mount keeps the old inode, so a renamed
+# file would never reach a running server (`kill -s HUP nats` reloads this one).
+cat "$out" >"$dir/users.conf"
+rm -f "$out"
 chmod 755 "$dir"
 if [[ -n $owner ]]; then
 	chown "$owner" "$dir/detector.nk" "$dir/indexer.nk" "$dir/notifier.nk" "$dir/setup.nk"

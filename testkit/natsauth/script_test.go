@@ -17,7 +17,14 @@ func TestCredsScriptAddsHostsAndKeepsSeeds(t *testing.T) {
 	d := Deploy(t, hostA)
 	before, err := os.ReadFile(d.Seed("detector"))
 	require.NoError(t, err)
+	usersBefore, err := os.Stat(filepath.Join(d.Secrets(), "users.conf"))
+	require.NoError(t, err)
 	d.Creds(t, "web-3")
+	usersAfter, err := os.Stat(filepath.Join(d.Secrets(), "users.conf"))
+	require.NoError(t, err)
+	// The same file, rewritten: compose bind-mounts it into a running
+	// nats-server, which sees a renamed-over file never (a reload reads this).
+	require.True(t, os.SameFile(usersBefore, usersAfter), "users.conf was replaced, not rewritten")
 	after, err := os.ReadFile(d.Seed("detector"))
 	require.NoError(t, err)
 	require.Equal(t, string(before), string(after), "an existing seed is kept")

@@ -25,4 +25,8 @@ scripts/nats-creds.sh -o 65534:65534 "$HOST_NAME"
 files=(-f docker-compose.yml)
 [[ ${RESPONSE_MODE:-dry-run} == enforce ]] && files+=(-f docker-compose.respond.yml)
 if docker compose version >/dev/null 2>&1; then compose=(docker compose); else compose=(docker-compose); fi
+# A running nats-server reloads users.conf (a new host's collector, the setup
+# identity after an upgrade) before the nats-setup job connects; none runs
+# on the first start.
+"${compose[@]}" "${files[@]}" kill -s HUP nats >/dev/null 2>&1 || true
 exec "${compose[@]}" "${files[@]}" up -d "$@"

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -37,6 +39,10 @@ type StreamsConfig struct {
 	Telemetry, Threats, Actions, DeadLetter Limits
 	Replicas                                int
 	Duplicates                              time.Duration
+
+	// Log gets EnsureStreams' warnings (a stream whose settings differ and
+	// that this identity may not update); not a flag. Nil: none.
+	Log *slog.Logger
 }
 
 // RegisterFlags registers the stream flags on fs.
@@ -99,7 +105,8 @@ func (c *StreamsConfig) Specs() []jetstream.StreamConfig {
 
 // StreamManager is the part of JetStream EnsureStreams needs.
 type StreamManager interface {
-	CreateOrUpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error)
+	CreateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error)
+	UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error)
 	Stream(ctx context.Context, name string) (jetstream.Stream, error)
 }
 
@@ -117,10 +124,21 @@ const (
 	MaxAPITimeout = 10 * time.Second
 )
 
-// EnsureStreams creates or updates every stream so that it matches c. It is
+// SetupCommand is what creates and updates the streams and KV buckets where
+// the services' NATS identities may only read them (deploy/nats/README.md,
+// "Who creates streams"); errors and warnings name it.
+const SetupCommand = "the setup job with the setup identity (deploy/nats/README.md, \"Who creates streams\")"
+
+// EnsureStreams makes every stream match c: it reads each stream first and
+// creates it when missing or updates it when its settings differ. It is
 // idempotent: every service calls it at start, in any order, and the streams
 // are ensured at once rather than one after another. Each request may take
 // MaxAPITimeout (EnsureStreamsRetry starts shorter).
+//
+// Where the identity may only read streams (production: the setup job owns
+// them), a stream that exists with other settings is used as it is, with a
+// warning on c.Log naming what differs; a stream that does not exist and
+// cannot be created is an error naming it and SetupCommand.
 func EnsureStreams(ctx context.Context, js StreamManager, c StreamsConfig) error {
 	return ensureStreams(ctx, js, c, MaxAPITimeout)
 }
@@ -130,42 +148,101 @@ func ensureStreams(ctx context.Context, js StreamManager, c StreamsConfig, timeo
 	errs := make([]error, len(specs))
 	var wg sync.WaitGroup
 	for i, spec := range specs {
-		wg.Go(func() { errs[i] = ensureStream(ctx, js, spec, timeout) })
+		wg.Go(func() { errs[i] = ensureStream(ctx, js, spec, timeout, c.Log) })
 	}
 	wg.Wait()
 	return errors.Join(errs...)
 }
 
-func ensureStream(ctx context.Context, js StreamManager, spec jetstream.StreamConfig, timeout time.Duration) error {
+func ensureStream(ctx context.Context, js StreamManager, spec jetstream.StreamConfig, timeout time.Duration, log *slog.Logger) error {
 	// Most starts find the stream as they want it: reading is cheaper for
-	// the meta leader than an update, and leaves the stream alone.
-	if streamIs(ctx, js, spec, timeout) {
+	// the meta leader than an update, leaves the stream alone, and is all
+	// a service's identity may do in production.
+	got, err := streamConfig(ctx, js, spec.Name, timeout)
+	switch {
+	case err == nil && sameStream(got, spec):
 		return nil
+	case err == nil:
+		return updateStream(ctx, js, got, spec, timeout, log)
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		return createStream(ctx, js, spec, timeout)
 	}
-	actx, cancel := context.WithTimeout(ctx, timeout)
-	_, err := js.CreateOrUpdateStream(actx, spec)
-	cancel()
-	// A create that another service made first with the same configuration,
-	// or whose answer was lost, is there to read.
-	if err == nil || streamIs(ctx, js, spec, timeout) {
-		return nil
-	}
-	return fmt.Errorf("ensuring stream %s: %w", spec.Name, err)
+	return fmt.Errorf("reading stream %s: %w", spec.Name, err)
 }
 
-// streamIs reports whether the stream exists with what spec asks.
-func streamIs(ctx context.Context, js StreamManager, spec jetstream.StreamConfig, timeout time.Duration) bool {
+// createStream creates a stream that was not found.
+func createStream(ctx context.Context, js StreamManager, spec jetstream.StreamConfig, timeout time.Duration) error {
+	actx, cancel := context.WithTimeout(ctx, timeout)
+	_, err := js.CreateStream(actx, spec)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	// Another service created it first (with these settings or others: then
+	// this start updates it next time), or the answer was lost.
+	if _, rerr := streamConfig(ctx, js, spec.Name, timeout); rerr == nil {
+		return nil
+	}
+	// A refused publish (permission violation) is only seen as a timeout by
+	// the requester: the likely cause is named, not asserted.
+	return fmt.Errorf("stream %s does not exist and this identity could not create it (%w): "+
+		"create the streams with %s, or give this identity STREAM.CREATE", spec.Name, err, SetupCommand)
+}
+
+// updateStream updates a stream whose settings differ from spec. Refused (the
+// identity may only read streams) or not applied, the stream is used as it is.
+func updateStream(ctx context.Context, js StreamManager, got, spec jetstream.StreamConfig, timeout time.Duration, log *slog.Logger) error {
+	actx, cancel := context.WithTimeout(ctx, timeout)
+	_, err := js.UpdateStream(actx, spec)
+	cancel()
+	if err == nil {
+		return nil
+	}
+	if now, rerr := streamConfig(ctx, js, spec.Name, timeout); rerr == nil && sameStream(now, spec) {
+		return nil // applied, its answer lost
+	}
+	if log != nil {
+		log.Warn("stream settings differ from this service's flags and were not updated; the stream is used as it is "+
+			"(in production the setup job owns the streams: run it with these flags to apply them)",
+			"stream", spec.Name, "differs", streamDiff(got, spec), "setup", SetupCommand, "err", err)
+	}
+	return nil
+}
+
+// streamConfig reads a stream's configuration.
+func streamConfig(ctx context.Context, js StreamManager, name string, timeout time.Duration) (jetstream.StreamConfig, error) {
 	actx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	st, err := js.Stream(actx, spec.Name)
-	return err == nil && sameStream(st.CachedInfo().Config, spec)
+	st, err := js.Stream(actx, name)
+	if err != nil {
+		return jetstream.StreamConfig{}, err
+	}
+	return st.CachedInfo().Config, nil
 }
 
 // sameStream reports whether a stream's configuration has what spec asks.
 func sameStream(got, spec jetstream.StreamConfig) bool {
-	return slices.Equal(got.Subjects, spec.Subjects) && got.Replicas == spec.Replicas &&
-		got.MaxAge == spec.MaxAge && got.MaxBytes == spec.MaxBytes && got.Duplicates == spec.Duplicates &&
-		got.Retention == spec.Retention && got.Storage == spec.Storage && got.Discard == spec.Discard
+	return streamDiff(got, spec) == ""
+}
+
+// streamDiff names the settings of got that differ from spec, as
+// "max_age 1h0m0s (want 72h0m0s), ..."; empty when none.
+func streamDiff(got, spec jetstream.StreamConfig) string {
+	var d []string
+	add := func(name string, differ bool, have, want any) {
+		if differ {
+			d = append(d, fmt.Sprintf("%s %v (want %v)", name, have, want))
+		}
+	}
+	add("subjects", !slices.Equal(got.Subjects, spec.Subjects), got.Subjects, spec.Subjects)
+	add("replicas", got.Replicas != spec.Replicas, got.Replicas, spec.Replicas)
+	add("max_age", got.MaxAge != spec.MaxAge, got.MaxAge, spec.MaxAge)
+	add("max_bytes", got.MaxBytes != spec.MaxBytes, got.MaxBytes, spec.MaxBytes)
+	add("duplicate_window", got.Duplicates != spec.Duplicates, got.Duplicates, spec.Duplicates)
+	add("retention", got.Retention != spec.Retention, got.Retention, spec.Retention)
+	add("storage", got.Storage != spec.Storage, got.Storage, spec.Storage)
+	add("discard", got.Discard != spec.Discard, got.Discard, spec.Discard)
+	return strings.Join(d, ", ")
 }
 
 // EnsureStreamsRetry calls EnsureStreams until it succeeds or ctx ends, so a

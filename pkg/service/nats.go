@@ -76,6 +76,7 @@ func (rt *Runtime) Serve(ctx context.Context, streams bus.StreamsConfig, work fu
 		ectx, cancel := context.WithCancel(gctx)
 		defer cancel()
 		var closed error
+		streams.Log = rt.log // a stream it may not update is used as it is, with a warning
 		if err := bus.EnsureStreamsRetry(ectx, rt.JS, streams, func(err error) {
 			if rt.Conn.IsClosed() {
 				closed = bus.ConnError(rt.url, cmp.Or(rt.Conn.LastError(), nats.ErrConnectionClosed))

@@ -4,6 +4,8 @@
 //	indexer [flags]         index until stopped
 //	indexer setup [flags]   install the Elasticsearch templates and lifecycle
 //	                        policies and the Kibana saved objects, then exit
+//	indexer streams [flags] create or update the NATS streams (the setup
+//	                        identity's job in production), then exit
 package main
 
 import (
@@ -24,5 +26,5 @@ func main() {
 	}, service.Sub("setup", "install the Elasticsearch templates and lifecycle policies and the Kibana saved objects, then exit",
 		&setup, &setup.Log, func(ctx context.Context, log *slog.Logger, _ *prometheus.Registry) error {
 			return indexer.Setup(ctx, setup, log)
-		}))
+		}), service.StreamsCommand("indexer"))
 }

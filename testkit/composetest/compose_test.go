@@ -23,7 +23,7 @@ func load(t *testing.T, name string) File {
 func TestHardening(t *testing.T) {
 	t.Parallel()
 	f := load(t, "docker-compose.yml")
-	oneShot := map[string]bool{"es-setup": true, "setup": true}
+	oneShot := map[string]bool{"es-setup": true, "setup": true, "nats-setup": true}
 	// Elasticsearch and Kibana write into their image (keystore, data/).
 	writable := map[string]bool{"elasticsearch": true, "kibana": true, "es-setup": true}
 	scaled := map[string]bool{"detector": true, "indexer": true, "notifier": true}

@@ -57,7 +57,7 @@ type env struct {
 	clients map[string]*Client
 }
 
-var identities = []string{"detector", "indexer", "notifier", "admin", collector(hostA), collector(hostB)}
+var identities = []string{"detector", "indexer", "notifier", "setup", "admin", collector(hostA), collector(hostB)}
 
 func newEnv(tb testing.TB, so ServerOptions) *env {
 	tb.Helper()
@@ -152,10 +152,36 @@ func TestEveryIdentityCanDoItsJob(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	t.Run("every service ensures the streams", func(t *testing.T) {
+	t.Run("setup creates the streams, every service finds them", func(t *testing.T) {
+		// Before setup ran, a service cannot start: the error names the
+		// stream and the setup job. (Own connections: the refusals are
+		// expected here, not on the clients checked at the end.)
+		early := Connect(t, "detector", e.d.Config(e.s, "detector"))
+		short, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		err := bus.EnsureStreams(short, early.JS, DefaultStreams())
+		require.ErrorContains(t, err, "stream WHALEWATCH_THREATS does not exist")
+		require.ErrorContains(t, err, "setup identity")
+		require.NotNil(t, early.Violation(`Publish to "$JS.API.STREAM.CREATE.WHALEWATCH_THREATS"`, 5*time.Second))
+		require.NoError(t, bus.EnsureStreams(ctx, e.js("setup"), DefaultStreams()))
 		for _, id := range []string{"detector", "indexer", "notifier", collector(hostA), collector(hostB)} {
 			require.NoError(t, bus.EnsureStreams(ctx, e.js(id), DefaultStreams()), id)
 		}
+		// Settings that differ from a service's flags are the setup job's
+		// to apply: the service starts with the streams as they are.
+		other := DefaultStreams()
+		other.Threats.MaxAge = time.Hour
+		differs := Connect(t, "indexer", e.d.Config(e.s, "indexer"))
+		require.NoError(t, bus.EnsureStreams(ctx, differs.JS, other))
+		require.NotNil(t, differs.Violation(`Publish to "$JS.API.STREAM.UPDATE.WHALEWATCH_THREATS"`, 5*time.Second))
+		st, err := e.js("admin").Stream(ctx, bus.StreamThreats)
+		require.NoError(t, err)
+		require.Equal(t, DefaultStreams().Threats.MaxAge, st.CachedInfo().Config.MaxAge, "a service updated a stream")
+		require.NoError(t, bus.EnsureStreams(ctx, e.js("setup"), other))
+		st, err = e.js("admin").Stream(ctx, bus.StreamThreats)
+		require.NoError(t, err)
+		require.Equal(t, time.Hour, st.CachedInfo().Config.MaxAge, "setup updates the streams")
+		require.NoError(t, bus.EnsureStreams(ctx, e.js("setup"), DefaultStreams()))
 	})
 
 	t.Run("collectors publish their host's telemetry", func(t *testing.T) {
@@ -268,11 +294,16 @@ func TestEveryIdentityCanDoItsJob(t *testing.T) {
 			pub := bus.NewEventPublisher(js, prometheus.NewRegistry())
 			consume(t, e, collector(h), bus.ConsumerConfig{Stream: bus.StreamActions, Durable: durableCollector(h),
 				FilterSubjects: []string{subject.ActionRequestsFor(h)}, BatchSize: 1}, 1, func(ctx context.Context, ev *event.Event) error {
-				if _, err := done.Get(ctx, ev.Event.ID); !errors.Is(err, jetstream.ErrKeyNotFound) {
+				// The collector's key: its host's token, then the request id.
+				key := subject.Token(h) + "." + ev.Event.ID
+				if _, err := done.Get(ctx, key); !errors.Is(err, jetstream.ErrKeyNotFound) {
 					return fmt.Errorf("done bucket: %w", err)
 				}
-				if _, err := done.Put(ctx, ev.Event.ID, []byte("{}")); err != nil {
+				if _, err := done.Put(ctx, key, []byte("{}")); err != nil {
 					return err
+				}
+				if _, err := done.Get(ctx, key); err != nil {
+					return fmt.Errorf("done bucket, own key: %w", err)
 				}
 				return pub.Publish(ctx, subject.ActionResult(h, "c1"), testEvent(h))
 			})
@@ -332,12 +363,13 @@ func TestEveryIdentityCanDoItsJob(t *testing.T) {
 		}
 		require.Equal(t, 2, n)
 
-		// main: CreateOrUpdateKeyValue; the notifier branch: KeyValue, then CreateKeyValue.
+		// pkg/claim and the notifier's gate: KeyValue, then CreateKeyValue
+		// when missing (never an update: the notifier may not update a bucket).
 		_, err = js.KeyValue(ctx, bucketLedger)
 		require.ErrorIs(t, err, jetstream.ErrBucketNotFound)
 		ledger, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketLedger, TTL: time.Hour, Storage: jetstream.FileStorage})
 		require.NoError(t, err)
-		_, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketLedger, TTL: time.Hour, Storage: jetstream.FileStorage})
+		_, err = js.KeyValue(ctx, bucketLedger)
 		require.NoError(t, err)
 		rev, err := ledger.Create(ctx, "slack/e1", []byte("held"))
 		require.NoError(t, err)

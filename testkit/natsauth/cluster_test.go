@@ -28,7 +28,7 @@ func TestClusterNodeLoadsTheSameIdentities(t *testing.T) {
 	require.Equal(t, "s3cret", node.Cluster.Password)
 	require.True(t, node.JetStream)
 
-	require.Len(t, node.Nkeys, 5) // detector, indexer, notifier, admin, collector-web-1
+	require.Len(t, node.Nkeys, 6) // detector, indexer, notifier, setup, admin, collector-web-1
 	require.Equal(t, len(single.Nkeys), len(node.Nkeys))
 	for i := range single.Nkeys {
 		require.Equal(t, single.Nkeys[i].Nkey, node.Nkeys[i].Nkey)

@@ -62,6 +62,18 @@ func openKV(bucket string) op {
 	}
 }
 
+// kvGet opens bucket (STREAM.INFO, allowed) and gets key.
+func kvGet(bucket, key string) op {
+	return func(ctx context.Context, c *Client) error {
+		kv, err := c.JS.KeyValue(ctx, bucket)
+		if err != nil {
+			return err
+		}
+		_, err = kv.Get(ctx, key)
+		return err
+	}
+}
+
 func onStream(name string, f func(context.Context, jetstream.Stream) error) op {
 	return func(ctx context.Context, c *Client) error {
 		st, err := c.JS.Stream(ctx, name) // STREAM.INFO, which every service may do
@@ -79,10 +91,11 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 	t.Parallel()
 	d := Deploy(t, hostA, hostB)
 	s := Server(t, d, ServerOptions{})
-	setup := Connect(t, "admin", d.Config(s, "admin"))
+	admin := Connect(t, "admin", d.Config(s, "admin"))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	require.NoError(t, bus.EnsureStreams(ctx, setup.JS, DefaultStreams()))
+	require.NoError(t, bus.EnsureStreams(ctx, Connect(t, "setup", d.Config(s, "setup")).JS, DefaultStreams()))
+	setup := admin // KV buckets and a consumer, as the services would make them
 	for _, b := range []string{bucketDone, bucketBaselines, bucketLedger} {
 		_, err := setup.JS.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b})
 		require.NoError(t, err)
@@ -121,6 +134,10 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 			_, err := c.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "COPY", Sources: []*jetstream.StreamSource{{Name: bus.StreamThreats}}})
 			return err
 		}, `Publish to "` + api + `STREAM.CREATE.COPY"`},
+		{colA, "create a stream (the setup job's)", func(ctx context.Context, c *Client) error {
+			_, err := c.JS.CreateStream(ctx, jetstream.StreamConfig{Name: bus.StreamThreats, Subjects: []string{subject.AllThreats}})
+			return err
+		}, `Publish to "` + api + `STREAM.CREATE.WHALEWATCH_THREATS"`},
 		{colA, "delete a stream", func(ctx context.Context, c *Client) error { return c.JS.DeleteStream(ctx, bus.StreamTelemetry) },
 			`Publish to "` + api + `STREAM.DELETE.WHALEWATCH_TELEMETRY"`},
 		{colA, "purge a stream", onStream(bus.StreamActions, func(ctx context.Context, st jetstream.Stream) error { return st.Purge(ctx) }),
@@ -132,6 +149,15 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 		}, `Publish to "` + api + `CONSUMER.DELETE.WHALEWATCH_TELEMETRY.detector"`},
 		{colA, "ack the detector's messages", request("$JS.ACK.WHALEWATCH_TELEMETRY.detector.1.1.1.1.0"),
 			`Publish to "$JS.ACK.WHALEWATCH_TELEMETRY.detector.1.1.1.1.0"`},
+		{colA, "mark another host's request done", pub("$KV.whalewatch_actions_done." + tokB + ".r1"),
+			`Publish to "$KV.whalewatch_actions_done.` + tokB + `.r1"`},
+		{colA, "write a done key outside any host", pub("$KV.whalewatch_actions_done.r1"), `Publish to "$KV.whalewatch_actions_done.r1"`},
+		{colA, "read another host's done key", kvGet(bucketDone, tokB+".r1"),
+			`Publish to "` + api + `DIRECT.GET.KV_whalewatch_actions_done.$KV.whalewatch_actions_done.` + tokB + `.r1"`},
+		{colA, "read the done bucket by sequence", request(api + "STREAM.MSG.GET.KV_whalewatch_actions_done"),
+			`Publish to "` + api + `STREAM.MSG.GET.KV_whalewatch_actions_done"`},
+		{colA, "read the done bucket by sequence, direct", request(api + "DIRECT.GET.KV_whalewatch_actions_done"),
+			`Publish to "` + api + `DIRECT.GET.KV_whalewatch_actions_done"`},
 		{colA, "read the notifier's ledger", openKV(bucketLedger), `Publish to "` + api + `STREAM.INFO.KV_whalewatch_notifier_sent"`},
 		{colA, "write a baseline", pub("$KV.whalewatch_baselines.nginx"), `Publish to "$KV.whalewatch_baselines.nginx"`},
 
@@ -165,8 +191,45 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 			`Publish to "` + api + `CONSUMER.CREATE.WHALEWATCH_THREATS.indexer-threats.whalewatch.threats.>"`},
 		{"notifier", "delete a stream", func(ctx context.Context, c *Client) error { return c.JS.DeleteStream(ctx, bus.StreamThreats) },
 			`Publish to "` + api + `STREAM.DELETE.WHALEWATCH_THREATS"`},
+		{"notifier", "update its ledger bucket (shrink its TTL)", func(ctx context.Context, c *Client) error {
+			_, err := c.JS.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketLedger, TTL: time.Second})
+			return err
+		}, `Publish to "` + api + `STREAM.UPDATE.KV_whalewatch_notifier_sent"`},
 		{"notifier", "read the baselines", openKV(bucketBaselines), `Publish to "` + api + `STREAM.INFO.KV_whalewatch_baselines"`},
 	}
+	// Stream management is the setup identity's: every service may only read
+	// the streams; setup may create and update them, and nothing more.
+	shrink := func(ctx context.Context, c *Client) error {
+		cfg := DefaultStreams()
+		cfg.Telemetry.MaxBytes = 1 << 20
+		_, err := c.JS.UpdateStream(ctx, cfg.Specs()[0])
+		return err
+	}
+	for _, id := range []string{colA, "detector", "indexer", "notifier"} {
+		tests = append(tests, struct {
+			id, name string
+			op       op
+			want     string
+		}{id, "update a stream (the setup job's)", shrink, `Publish to "` + api + `STREAM.UPDATE.WHALEWATCH_TELEMETRY"`})
+	}
+	tests = append(tests, []struct {
+		id, name string
+		op       op
+		want     string
+	}{
+		{"setup", "delete a stream", func(ctx context.Context, c *Client) error { return c.JS.DeleteStream(ctx, bus.StreamThreats) },
+			`Publish to "` + api + `STREAM.DELETE.WHALEWATCH_THREATS"`},
+		{"setup", "purge a stream", onStream(bus.StreamThreats, func(ctx context.Context, st jetstream.Stream) error { return st.Purge(ctx) }),
+			`Publish to "` + api + `STREAM.PURGE.WHALEWATCH_THREATS"`},
+		{"setup", "create another stream", func(ctx context.Context, c *Client) error {
+			_, err := c.JS.CreateStream(ctx, jetstream.StreamConfig{Name: "COPY", Sources: []*jetstream.StreamSource{{Name: bus.StreamThreats}}})
+			return err
+		}, `Publish to "` + api + `STREAM.CREATE.COPY"`},
+		{"setup", "publish a threat", pub(subject.Threat("critical", "r1")), `Publish to "whalewatch.threats.critical.r1"`},
+		{"setup", "publish a response request", pub(subject.ActionRequest(hostA, "c1")), `Publish to "whalewatch.actions.request.web-1.c1"`},
+		{"setup", "read the threats", createConsumer(bus.StreamThreats, "spy", subject.AllThreats),
+			`Publish to "` + api + `CONSUMER.CREATE.WHALEWATCH_THREATS.spy.whalewatch.threats.>"`},
+	}...)
 	for _, tt := range tests {
 		t.Run(tt.id+" may not "+tt.name, func(t *testing.T) {
 			t.Parallel()

@@ -32,6 +32,9 @@ func TestTLS(t *testing.T) {
 	require.True(t, c.Conn.TLSRequired())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	setupCfg := d.Config(s, "setup")
+	setupCfg.TLS = cfg.TLS
+	require.NoError(t, bus.EnsureStreams(ctx, Connect(t, "setup", setupCfg).JS, DefaultStreams()))
 	require.NoError(t, bus.EnsureStreams(ctx, c.JS, DefaultStreams()))
 	require.NoError(t, publish(ctx, c.JS, subject.Telemetry(hostA, "c1", "process"), hostA))
 

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/flagenv"
+	"github.com/whalewatch/whalewatch/pkg/service"
 )
 
 func TestConfig(t *testing.T) {
@@ -87,7 +88,7 @@ func TestREADMEFlagTable(t *testing.T) {
 	readme, err := os.ReadFile("../../README.md")
 	require.NoError(t, err)
 	for name, cfg := range map[string]interface{ RegisterFlags(*flag.FlagSet) }{
-		"indexer": &Config{}, "indexer setup": &SetupConfig{},
+		"indexer": &Config{}, "indexer setup": &SetupConfig{}, "indexer streams": &service.StreamsConfig{},
 	} {
 		fs := flag.NewFlagSet(name, flag.ContinueOnError)
 		cfg.RegisterFlags(fs)

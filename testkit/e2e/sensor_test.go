@@ -40,7 +40,8 @@ func TestKernelSensorAttemptsBecomeThreats(t *testing.T) {
 	type want struct {
 		attempt, rule string
 		severity      event.Severity
-		path, call    string // the threat names the path or the system call
+		path, call    string // the path (file telemetry) or the system call the threat carries
+		names         string // the threat's message names it (path or call when empty)
 		outcome       string // "" when the kernel's verdict may vary
 	}
 	groups := []struct {
@@ -49,25 +50,26 @@ func TestKernelSensorAttemptsBecomeThreats(t *testing.T) {
 		wants []want
 	}{
 		{"creds", "", []want{
-			{"read-shadow", "read-sensitive-file-untrusted", event.SeverityHigh, "/etc/shadow", "", "success"},
-			{"read-environ", "read-process-environ", event.SeverityMedium, "/proc/1/environ", "", "success"},
-			{"link-shadow", "hardlink-over-sensitive-file", event.SeverityHigh, "/etc/shadow", "", ""},
-			{"symlink-shadow", "symlink-over-sensitive-file", event.SeverityHigh, "/etc/shadow", "", ""},
+			{"read-shadow", "read-sensitive-file-untrusted", event.SeverityHigh, "/etc/shadow", "", "", "success"},
+			{"read-environ", "read-process-environ", event.SeverityMedium, "/proc/1/environ", "", "", "success"},
+			{"link-shadow", "hardlink-over-sensitive-file", event.SeverityHigh, "/etc/shadow", "", "", ""},
+			{"symlink-shadow", "symlink-over-sensitive-file", event.SeverityHigh, "/etc/shadow", "", "", ""},
 		}},
 		{"user", "1000:1000", []want{
-			{"read-shadow", "read-sensitive-file-untrusted", event.SeverityHigh, "/etc/shadow", "", "failure"},
-			{"setuid", "setuid-by-unprivileged", event.SeverityHigh, "", "setuid", "failure"},
+			{"read-shadow", "read-sensitive-file-untrusted", event.SeverityHigh, "/etc/shadow", "", "", "failure"},
+			{"setuid", "setuid-by-unprivileged", event.SeverityHigh, "", "setuid", "", "failure"},
 		}},
 		{"evasion", "", []want{
-			{"truncate-log", "clear-log-files", event.SeverityHigh, "/var/log/app/access.log", "", "success"},
-			{"truncate-history", "shell-history-tampered", event.SeverityHigh, "/root/.ash_history", "", "success"},
+			{"truncate-log", "clear-log-files", event.SeverityHigh, "/var/log/app/access.log", "", "", "success"},
+			{"truncate-history", "shell-history-tampered", event.SeverityHigh, "/root/.ash_history", "", "", "success"},
 		}},
 		{"escape", "", []want{
-			{"kill-init", "kill-container-init", event.SeverityHigh, "", "kill", ""},
-			{"mount", "mount-in-container", event.SeverityHigh, "", "mount", "failure"},
-			{"unshare", "namespace-unshare", event.SeverityHigh, "", "unshare", "failure"},
-			{"ptrace", "ptrace-attach", event.SeverityHigh, "", "ptrace", ""},
-			{"fileless", "fileless-execution", event.SeverityHigh, "", "execveat", ""},
+			{"kill-init", "kill-container-init", event.SeverityMedium, "", "kill", "pid1", ""},
+			{"mount", "mount-in-container", event.SeverityHigh, "", "mount", "", "failure"},
+			{"unshare", "namespace-unshare", event.SeverityHigh, "", "unshare", "", "failure"},
+			{"ptrace", "ptrace-attach", event.SeverityHigh, "", "ptrace", "", ""},
+			// The exec from the memfd raises it first (the execveat call too).
+			{"fileless", "fileless-execution", event.SeverityCritical, "", "", "/memfd:", ""},
 		}},
 	}
 	// The files the attempts aim at and the generator, put in place before
@@ -130,7 +132,7 @@ func TestKernelSensorAttemptsBecomeThreats(t *testing.T) {
 							require.NotNil(t, th.Whalewatch.Syscall, w.rule)
 							require.Equal(t, w.call, th.Whalewatch.Syscall.Name, w.rule)
 						}
-						require.Contains(t, th.Message, firstNonEmpty(w.path, w.call), w.rule)
+						require.Contains(t, th.Message, firstNonEmpty(w.names, w.path, w.call), w.rule)
 						// The kernel's verdict is on the telemetry that raised it.
 						trigger := st.WaitTelemetry(t, 10*time.Second, "trigger of "+w.rule, func(e *event.Event) bool {
 							return e.Event.ID == th.Whalewatch.Trigger

@@ -4,6 +4,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -32,17 +33,19 @@ func TestKernelSensorAttemptsBecomeThreats(t *testing.T) {
 	name := func(s string) string { return "ww-e2e-sensor-" + s + "-" + st.Host }
 
 	// The benign container reads and writes as a service does, from its own
-	// command (a docker exec of sh -c is a threat of its own).
+	// command (a docker exec of sh -c is a threat of its own), the sensor
+	// reporting some of it: its own environment read from /proc, its own
+	// files written and truncated.
 	benign := dockertest.Run(t, []string{"--name", name("benign")}, "sh", "-c",
-		"mkdir -p /var/lib/app; while :; do read h < /etc/hostname; read p < /etc/passwd; echo $h >> /var/lib/app/data; "+
-			"cp /var/lib/app/data /tmp/copy; echo ok > /tmp/status; sleep 1; done")
+		"mkdir -p /var/lib/app; while :; do read h < /etc/hostname; read p < /etc/passwd; read e < /proc/self/environ; "+
+			"echo $h >> /var/lib/app/data; cp /var/lib/app/data /tmp/copy; : > /tmp/copy; echo ok > /tmp/status; sleep 1; done")
 
 	type want struct {
 		attempt, rule string
 		severity      event.Severity
 		path, call    string // the path (file telemetry) or the system call the threat carries
 		names         string // the threat's message names it (path or call when empty)
-		outcome       string // "" when the kernel's verdict may vary
+		outcome       string // "success", or "failure" and the errno; "" when the kernel's verdict may vary
 	}
 	groups := []struct {
 		name  string
@@ -56,8 +59,8 @@ func TestKernelSensorAttemptsBecomeThreats(t *testing.T) {
 			{"symlink-shadow", "symlink-over-sensitive-file", event.SeverityHigh, "/etc/shadow", "", "", ""},
 		}},
 		{"user", "1000:1000", []want{
-			{"read-shadow", "read-sensitive-file-untrusted", event.SeverityHigh, "/etc/shadow", "", "", "failure"},
-			{"setuid", "setuid-by-unprivileged", event.SeverityHigh, "", "setuid", "", "failure"},
+			{"read-shadow", "read-sensitive-file-untrusted", event.SeverityHigh, "/etc/shadow", "", "", "failure EACCES"},
+			{"setuid", "setuid-by-unprivileged", event.SeverityHigh, "", "setuid", "", "failure EPERM"},
 		}},
 		{"evasion", "", []want{
 			{"truncate-log", "clear-log-files", event.SeverityHigh, "/var/log/app/access.log", "", "", "success"},
@@ -65,8 +68,8 @@ func TestKernelSensorAttemptsBecomeThreats(t *testing.T) {
 		}},
 		{"escape", "", []want{
 			{"kill-init", "kill-container-init", event.SeverityMedium, "", "kill", "pid1", ""},
-			{"mount", "mount-in-container", event.SeverityHigh, "", "mount", "", "failure"},
-			{"unshare", "namespace-unshare", event.SeverityHigh, "", "unshare", "", "failure"},
+			{"mount", "mount-in-container", event.SeverityHigh, "", "mount", "", "failure EPERM"},
+			{"unshare", "namespace-unshare", event.SeverityHigh, "", "unshare", "", "failure EPERM"},
 			{"ptrace", "ptrace-attach", event.SeverityHigh, "", "ptrace", "", ""},
 			// The exec from the memfd raises it first (the execveat call too).
 			{"fileless", "fileless-execution", event.SeverityCritical, "", "", "/memfd:", ""},
@@ -138,8 +141,19 @@ func TestKernelSensorAttemptsBecomeThreats(t *testing.T) {
 							return e.Event.ID == th.Whalewatch.Trigger
 						})
 						require.Equal(t, "ebpf", trigger.Whalewatch.Source, w.rule)
+						if w.attempt == "fileless" {
+							// The call itself is on NATS too (it raises the rule as well).
+							st.WaitTelemetry(t, 10*time.Second, "execveat(AT_EMPTY_PATH)", func(e *event.Event) bool {
+								sc := e.Whalewatch.Syscall
+								return onContainer(e, id) && sc != nil && sc.Name == "execveat" && slices.Contains(sc.Args, "AT_EMPTY_PATH")
+							})
+						}
 						if w.outcome != "" {
-							require.Equal(t, w.outcome, trigger.Event.Outcome, w.rule)
+							got := trigger.Event.Outcome
+							if sc := trigger.Whalewatch.Syscall; sc != nil && sc.Errno != "" {
+								got += " " + sc.Errno
+							}
+							require.Equal(t, w.outcome, got, w.rule)
 						}
 					})
 				}

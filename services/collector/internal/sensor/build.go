@@ -505,15 +505,27 @@ func (b *builder) sockState(r *record) *event.Event {
 }
 
 func (b *builder) syscall(r *record) *event.Event {
+	// mark is what the detector's rules read of a signal's target: "pid1"
+	// (the container's init), "all" (kill -1) or "foreign" (another
+	// container's or the host's process).
+	var mark string
 	if r.sc == scKill || r.sc == scTkill || r.sc == scTgkill {
 		// The kernel reports signals to pid 1 or -1, refused ones, and every
 		// signal from a container sharing the host's pid namespace: of
 		// those, the ones within the caller's own container are routine.
 		target := int32(r.sargs[0])
-		if target != 1 && target != -1 && r.ret != -1 && b.containerOf != nil && target > 0 {
+		switch {
+		case target == 1:
+			mark = "pid1"
+		case target == -1:
+			mark = "all"
+		case r.ret != -1 && b.containerOf != nil && target > 0:
+			// Only a caller in the host's pid namespace gets here (see
+			// the C filter), so target is a host pid.
 			if c := b.containerOf(int(target)); c == r.cid {
 				return nil
 			}
+			mark = "foreign"
 		}
 	}
 	e := b.base(r, event.TelemetrySyscall, "syscall")
@@ -527,6 +539,9 @@ func (b *builder) syscall(r *record) *event.Event {
 	e.Event.Outcome = outcome(r.ret)
 	e.Process = b.process(r)
 	sc := b.syscallField(r)
+	if mark != "" {
+		sc.Args = append(sc.Args, mark)
+	}
 	e.Whalewatch.Syscall = sc
 	e.Message = name + "(" + strings.Join(sc.Args, ", ") + ") = " + strconv.FormatInt(r.ret, 10)
 	if sc.Errno != "" {

@@ -184,6 +184,10 @@ func TestBuildNetworkAndSyscalls(t *testing.T) {
 	}
 	require.Nil(t, b.build(decoded(t, sysRec(scKill, 0, "", "", 500, 15))))
 	k := b.build(decoded(t, sysRec(scKill, 0, "", "", 600, 9)))
-	require.Equal(t, []string{"600", "SIGKILL"}, k.Whalewatch.Syscall.Args)
-	require.NotNil(t, b.build(decoded(t, sysRec(scKill, 0, "", "", 1, 15))), "pid 1 always")
+	require.Equal(t, []string{"600", "SIGKILL", "foreign"}, k.Whalewatch.Syscall.Args)
+	init := b.build(decoded(t, sysRec(scKill, 0, "", "", 1, 15)))
+	require.NotNil(t, init, "pid 1 always")
+	require.Equal(t, []string{"1", "SIGTERM", "pid1"}, init.Whalewatch.Syscall.Args, "the detector's rules read the mark")
+	all := b.build(decoded(t, sysRec(scKill, 0, "", "", uint64(0xffffffff), 9)))
+	require.Equal(t, []string{"-1", "SIGKILL", "all"}, all.Whalewatch.Syscall.Args)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -106,12 +107,27 @@ func TestSensorLoadBenchmark(t *testing.T) {
 				latencies["write"] = append(latencies["write"], lat)
 			case e.Whalewatch.Socket != nil && e.Whalewatch.Socket.State == "connect":
 				latencies["connect"] = append(latencies["connect"], lat)
+			default:
+				if class := attemptClass(e); class != "" {
+					latencies[class] = append(latencies[class], lat)
+				}
 			}
 		})
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 
 	id := dockertest.Create(t, nil, "sleep", "3600")
+	// The files the latency phase's attempts aim at, there before the
+	// container starts (docker cp is the engine's doing).
+	seed := t.TempDir()
+	for _, p := range []string{"etc/shadow", "var/log/app/access.log"} {
+		require.NoError(t, os.MkdirAll(filepath.Join(seed, filepath.Dir(p)), 0o755))
+		require.NoError(t, os.WriteFile(filepath.Join(seed, p), []byte("root:*:20000:0:99999:7:::\n"), 0o640))
+	}
+	for _, d := range []string{"", "etc", "var", "var/log", "var/log/app"} {
+		require.NoError(t, os.Chmod(filepath.Join(seed, d), 0o755)) // docker cp gives / the mode of seed
+	}
+	dockertest.Docker(t, "cp", "-a", seed+"/.", id+":/")
 	known.add(id, "bench")
 	mu.Lock()
 	benchID = id
@@ -206,10 +222,15 @@ func TestSensorLoadBenchmark(t *testing.T) {
 
 	// Latency at a low rate: 200 writes and 200 refused connects, 5 ms apart.
 	run("i=0; while [ $i -lt 200 ]; do echo x > /tmp/lat$i; nc 127.0.0.1 9 </dev/null 2>/dev/null; usleep 5000; i=$((i+1)); done")
+	// The same for the attempts of issue 14 (loadgen's bare calls, all in
+	// one process so that no exec sits between them): a sensitive read, a
+	// hard link, a truncation, a refused mount and unshare, a signal to
+	// pid 1 and a setuid, 200 rounds 5 ms apart.
+	run("loadgen repeat 200 5 " + strings.Join(attemptOrder, " "))
 	waitSettled()
 	mu.Lock()
 	defer mu.Unlock()
-	for _, k := range []string{"write", "connect"} {
+	for _, k := range append([]string{"write", "connect"}, attemptClasses...) {
 		l := latencies[k]
 		if len(l) == 0 {
 			t.Errorf("no %s latencies", k)
@@ -220,4 +241,35 @@ func TestSensorLoadBenchmark(t *testing.T) {
 			l[len(l)/2].Round(time.Microsecond), l[len(l)*99/100].Round(time.Microsecond), l[len(l)-1].Round(time.Microsecond))
 	}
 	t.Logf("exec args distinct: %d", len(execArgs))
+}
+
+// attemptOrder are the loadgen attempts of the latency phase, and
+// attemptClasses the classes attemptClass sorts their telemetry into.
+var (
+	attemptOrder   = []string{"read-shadow", "link-shadow", "truncate-log", "mount", "unshare", "kill-init", "setuid"}
+	attemptClasses = []string{"read", "link", "truncate", "mount", "unshare", "kill", "setuid"}
+)
+
+// attemptClass is the latency class of an attempt's telemetry, "" for any
+// other.
+func attemptClass(e *event.Event) string {
+	if sc := e.Whalewatch.Syscall; e.Whalewatch.Telemetry == event.TelemetrySyscall && sc != nil {
+		switch sc.Name {
+		case "mount", "unshare", "kill", "setuid":
+			return sc.Name
+		}
+		return ""
+	}
+	if e.File == nil || e.Whalewatch.FileChange == nil {
+		return ""
+	}
+	switch op := e.Whalewatch.FileChange.Operation; {
+	case op == "read" && e.File.Path == "/etc/shadow":
+		return "read"
+	case op == "link" && (e.File.TargetPath == "/etc/shadow" || e.File.Path == "/etc/shadow"):
+		return "link"
+	case op == "truncate" && e.File.Path == "/var/log/app/access.log":
+		return "truncate"
+	}
+	return ""
 }

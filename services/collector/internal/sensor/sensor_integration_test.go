@@ -289,7 +289,7 @@ func TestSensorContainers(t *testing.T) {
 				require.Equal(t, []string{"/"}, c.Whalewatch.Syscall.Args)
 				require.Equal(t, "success", c.Event.Outcome)
 				k := syscall("kill")
-				require.Equal(t, []string{"1", "SIGCONT"}, k.Whalewatch.Syscall.Args)
+				require.Equal(t, []string{"1", "SIGCONT", "pid1"}, k.Whalewatch.Syscall.Args)
 				for _, refused := range []string{"setns", "pivot_root", "umount2"} {
 					e := syscall(refused)
 					require.Equal(t, "failure", e.Event.Outcome, refused)

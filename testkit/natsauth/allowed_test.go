@@ -289,7 +289,9 @@ func TestEveryIdentityCanDoItsJob(t *testing.T) {
 	t.Run("collectors answer their host's requests", func(t *testing.T) {
 		for _, h := range []string{hostA, hostB} {
 			js := e.js(collector(h))
-			done, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketDone, History: 1, TTL: time.Hour, Storage: jetstream.FileStorage})
+			// As the executor opens it (pkg/claim): read first, create when
+			// missing, never update (that is refused).
+			done, err := bus.OpenKeyValue(ctx, js, jetstream.KeyValueConfig{Bucket: bucketDone, History: 1, TTL: time.Hour, Storage: jetstream.FileStorage}, nil)
 			require.NoError(t, err)
 			pub := bus.NewEventPublisher(js, prometheus.NewRegistry())
 			consume(t, e, collector(h), bus.ConsumerConfig{Stream: bus.StreamActions, Durable: durableCollector(h),

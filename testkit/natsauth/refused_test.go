@@ -191,6 +191,10 @@ func TestEveryIdentityIsRefusedWhatIsNotItsJob(t *testing.T) {
 			`Publish to "` + api + `CONSUMER.CREATE.WHALEWATCH_THREATS.indexer-threats.whalewatch.threats.>"`},
 		{"notifier", "delete a stream", func(ctx context.Context, c *Client) error { return c.JS.DeleteStream(ctx, bus.StreamThreats) },
 			`Publish to "` + api + `STREAM.DELETE.WHALEWATCH_THREATS"`},
+		{colA, "update the done bucket (shrink its TTL: every host's records)", func(ctx context.Context, c *Client) error {
+			_, err := c.JS.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketDone, TTL: time.Second})
+			return err
+		}, `Publish to "` + api + `STREAM.UPDATE.KV_whalewatch_actions_done"`},
 		{"notifier", "update its ledger bucket (shrink its TTL)", func(ctx context.Context, c *Client) error {
 			_, err := c.JS.UpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: bucketLedger, TTL: time.Second})
 			return err

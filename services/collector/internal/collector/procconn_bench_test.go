@@ -97,7 +97,9 @@ func loadAvg() string {
 // attribution (container, executable, command line), and the latency from
 // the exec (kernel timestamp) to the event reaching NATS. The docker-top
 // poller (500 ms) runs in the same process at the same time as the baseline.
-// A second phase runs 1,000 processes of under a millisecond (/bin/true).
+// A second phase runs 1,000 processes of under a millisecond (/bin/true). A
+// third collector with the kernel sensor (-process-source ebpf) runs beside
+// them and is counted the same way as the connector.
 //
 //	WHALEWATCH_BENCH_EXEC_CAPTURE=1 go test ./internal/collector -run TestExecCaptureBenchmark -v -timeout 10m
 func TestExecCaptureBenchmark(t *testing.T) {
@@ -110,9 +112,10 @@ func TestExecCaptureBenchmark(t *testing.T) {
 	nc, js := natstest.Connect(t, s)
 	require.NoError(t, bus.EnsureStreams(t.Context(), js, testConfig(t).NATS.Streams))
 
-	hostConn, hostTop := "bench-conn-"+event.NewID()[:6], "bench-top-"+event.NewID()[:6]
+	hostConn, hostTop, hostSensor := "bench-conn-"+event.NewID()[:6], "bench-top-"+event.NewID()[:6], "bench-ebpf-"+event.NewID()[:6]
 	conn := startBenchCollector(t, nc, hostConn, ModeProcConnector)
 	startBenchCollector(t, nc, hostTop, ModeDockerTop)
+	startBenchCollector(t, nc, hostSensor, ModeEBPF) // the kernel sensor, the default where it loads
 	id := dockertest.Run(t, nil, "sleep", "3600")
 	pc := conn
 
@@ -129,6 +132,7 @@ func TestExecCaptureBenchmark(t *testing.T) {
 	} {
 		sinkConn := subscribeExecs(t, nc, hostConn, id)
 		sinkTop := subscribeExecs(t, nc, hostTop, id)
+		sinkSensor := subscribeExecs(t, nc, hostSensor, id)
 		load0 := loadAvg()
 		full0, partial0 := attrCount(pc, "full"), attrCount(pc, "partial")
 		began := time.Now()
@@ -143,6 +147,12 @@ func TestExecCaptureBenchmark(t *testing.T) {
 			}
 			return time.Since(lastChange) > 2*time.Second
 		}, "events still arriving")
+		natstest.Eventually(t, time.Minute, func() bool {
+			if n := quiet(sinkSensor); n != last {
+				last, lastChange = n, time.Now()
+			}
+			return time.Since(lastChange) > 2*time.Second
+		}, "sensor events still arriving")
 
 		count := func(s *execSink, full bool) (n int, lat []time.Duration) {
 			s.mu.Lock()
@@ -164,13 +174,18 @@ func TestExecCaptureBenchmark(t *testing.T) {
 		}
 		nConn, lat := count(sinkConn, true)
 		nTop, _ := count(sinkTop, false)
+		nSensor, latSensor := count(sinkSensor, true)
 		slices.Sort(lat)
-		q := func(p float64) time.Duration {
+		slices.Sort(latSensor)
+		quantile := func(lat []time.Duration, p float64) time.Duration {
 			if len(lat) == 0 {
 				return 0
 			}
 			return lat[min(len(lat)-1, int(p*float64(len(lat))))]
 		}
+		q := func(p float64) time.Duration { return quantile(lat, p) }
+		t.Logf("%s: kernel sensor published %d with full attribution (%.1f%%); exec→NATS latency p50 %v p99 %v max %v",
+			phase.name, nSensor, 100*float64(nSensor)/float64(phase.n), quantile(latSensor, 0.5), quantile(latSensor, 0.99), quantile(latSensor, 1))
 		sinkTop.mu.Lock()
 		topAll := len(sinkTop.recv)
 		sinkTop.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +37,11 @@ type Config struct {
 	// Interval always.
 	FastInterval  time.Duration
 	FastThreshold float64
+	// Unchanged is how often an idle container's sample is published when
+	// nothing moved since the last one published (see changed): an idle
+	// container costs NATS, the detector and Elasticsearch one event per
+	// Unchanged instead of one per Interval. 0: every sample.
+	Unchanged time.Duration
 }
 
 // RegisterFlags registers the resource flags on fs.
@@ -43,6 +49,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Interval, "resource-interval", 30*time.Second, "how often each running container's CPU, memory, pids, network and block I/O are sampled (0 disables)")
 	fs.DurationVar(&c.FastInterval, "resource-fast-interval", 5*time.Second, "how often a container is sampled while its CPU is at or above -resource-fast-threshold, until it calms down (0: always -resource-interval)")
 	fs.Float64Var(&c.FastThreshold, "resource-fast-threshold", 50, "CPU, in percent of one core, from which a container is sampled at -resource-fast-interval")
+	fs.DurationVar(&c.Unchanged, "resource-unchanged-interval", 5*time.Minute, "an idle container's sample (CPU under 10 % of a core and of its limit) that has not changed since the last one published (CPU within 2 points, memory within 5 %, same pids and limits, network and block I/O within 64 KiB) is published only this often (0: every sample)")
 }
 
 // Validate checks c.
@@ -53,6 +60,9 @@ func (c *Config) Validate() error {
 	}
 	if c.FastInterval != 0 && c.FastInterval < 100*time.Millisecond {
 		errs = append(errs, errors.New("resource-fast-interval must be 0 (off) or at least 100ms"))
+	}
+	if c.Unchanged < 0 {
+		errs = append(errs, errors.New("resource-unchanged-interval must not be negative"))
 	}
 	if c.FastThreshold <= 0 {
 		errs = append(errs, errors.New("resource-fast-threshold must be positive"))
@@ -108,6 +118,9 @@ type Monitor struct {
 	log     *slog.Logger
 	errors  prometheus.Counter
 	samples *prometheus.CounterVec // by source; nil in tests that do not count
+	// unchanged counts samples not published (nothing moved); nil in
+	// tests that do not count.
+	unchanged prometheus.Counter
 }
 
 type cgroupReader interface {
@@ -131,8 +144,12 @@ func New(docker API, cfg Config, mounts source.HostMounts, host string, log *slo
 			Name: "whalewatch_collector_resource_samples_total",
 			Help: "Container resource samples taken, by source: cgroup (the host's cgroup files) or engine-api (one-shot stats requests).",
 		}, []string{"source"}),
+		unchanged: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "whalewatch_collector_resource_samples_unchanged_total",
+			Help: "Resource samples of calm containers not published because nothing moved since the last one published (-resource-unchanged-interval).",
+		}),
 	}
-	reg.MustRegister(r.samples)
+	reg.MustRegister(r.samples, r.unchanged)
 	if mounts.Cgroup == "" {
 		log.Info("resource samples through the engine API", "source", sourceEngineAPI, "reason", "host-cgroup is empty")
 		return r
@@ -146,6 +163,36 @@ func New(docker API, cfg Config, mounts source.HostMounts, host string, log *slo
 	log.Info("resource samples from cgroup files where readable, else the engine API",
 		"source", sourceCgroup, "cgroup", cg.Version().String(), "host_cgroup", mounts.Cgroup, "host_proc", mounts.Proc)
 	return r
+}
+
+// Thresholds of a material change between two resource samples, and the
+// CPU below which a container counts as idle (of one core, or of its limit):
+// only idle containers skip samples, so the sustained-CPU rules (80 % of a
+// core or of the limit) and the adaptive sampling see every sample of a
+// busy one.
+const (
+	idleCPUPercent     = 10
+	changedCPUPoints   = 2    // percent of one core
+	changedMemoryRatio = 0.05 // of the memory last published
+	changedIOBytes     = 64 << 10
+)
+
+// publish tells whether sample cur is published, given the last sample
+// published (nil: none) and the time since: always when the container is
+// not idle (the sustained-CPU rules need every sample) or anything moved
+// materially, otherwise once per Unchanged. The
+// detector's rates stay right whatever is skipped: its counters are
+// cumulative and its rates are over the time between published samples.
+func (c *Config) publish(last *event.Resource, cur event.Resource, since time.Duration) bool {
+	if c.Unchanged <= 0 || last == nil || since >= c.Unchanged || max(cur.CPUPercent, cur.CPULimitPercent) >= idleCPUPercent {
+		return true
+	}
+	grew := func(now, then uint64) bool { return now < then || now-then >= changedIOBytes }
+	return math.Abs(cur.CPUPercent-last.CPUPercent) >= changedCPUPoints ||
+		math.Abs(float64(cur.MemoryBytes-last.MemoryBytes)) >= changedMemoryRatio*float64(last.MemoryBytes) ||
+		cur.PIDs != last.PIDs || cur.MemoryLimitBytes != last.MemoryLimitBytes ||
+		grew(cur.NetRxBytes, last.NetRxBytes) || grew(cur.NetTxBytes, last.NetTxBytes) ||
+		grew(cur.BlockReadBytes, last.BlockReadBytes) || grew(cur.BlockWriteBytes, last.BlockWriteBytes)
 }
 
 // maxStatsBody bounds one stats answer; a real one is a few KiB.
@@ -169,6 +216,8 @@ func (r *Monitor) Monitor(ctx context.Context, ctr *source.Container, emit sourc
 	}
 	var prev *container.StatsResponse
 	lastCPU := 0.0
+	var published *event.Resource // the last sample published
+	var publishedAt time.Time
 	loop := poll.Loop{
 		What: "container stats (" + src + ")", Interval: r.cfg.Interval, Phase: poll.Phase(ctr.ID, r.cfg.Interval),
 		Log: log, Failures: r.errors,
@@ -190,7 +239,12 @@ func (r *Monitor) Monitor(ctx context.Context, ctr *source.Container, emit sourc
 		}
 		if prev != nil {
 			if res, ok := resourceSample(prev, cur, ctr); ok {
-				emit(resourceEvent(r.host, ctr.ID, cur.Read, res))
+				if r.cfg.publish(published, res, cur.Read.Sub(publishedAt)) {
+					emit(resourceEvent(r.host, ctr.ID, cur.Read, res))
+					published, publishedAt = &res, cur.Read
+				} else if r.unchanged != nil {
+					r.unchanged.Inc()
+				}
 				if r.cfg.next(res.CPUPercent) != r.cfg.next(lastCPU) {
 					log.Debug("resource sampling interval changes", "cpu_percent", res.CPUPercent, "interval", r.cfg.next(res.CPUPercent))
 				}

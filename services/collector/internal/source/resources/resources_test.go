@@ -276,6 +276,7 @@ func TestConfigValidate(t *testing.T) {
 		{Config{Interval: 0, FastInterval: 5 * time.Second, FastThreshold: 50}, ""},
 		{Config{Interval: time.Millisecond, FastThreshold: 50}, "resource-interval must be 0 (disabled) or at least 100ms"},
 		{Config{Interval: time.Second, FastThreshold: 0}, "resource-fast-threshold must be positive"},
+		{Config{Interval: time.Second, FastThreshold: 50, Unchanged: -time.Second}, "resource-unchanged-interval must not be negative"},
 	} {
 		err := tt.cfg.Validate()
 		if tt.wantErr == "" {
@@ -284,4 +285,46 @@ func TestConfigValidate(t *testing.T) {
 			require.ErrorContains(t, err, tt.wantErr)
 		}
 	}
+}
+
+// An idle container's sample is published when something moved materially
+// or Unchanged has passed; a busy container's (of a core or of its limit)
+// always.
+func TestPublishOnlyWhatMoved(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Interval: 30 * time.Second, FastThreshold: 50, Unchanged: 5 * time.Minute}
+	last := event.Resource{CPUPercent: 1, MemoryBytes: 100 << 20, PIDs: 3, NetRxBytes: 1000, NetTxBytes: 1000,
+		BlockReadBytes: 5000, BlockWriteBytes: 5000}
+	with := func(f func(r *event.Resource)) event.Resource { r := last; f(&r); return r }
+	for _, tt := range []struct {
+		name  string
+		last  *event.Resource
+		cur   event.Resource
+		since time.Duration
+		want  bool
+	}{
+		{"first sample", nil, last, 0, true},
+		{"nothing moved", &last, with(func(r *event.Resource) { r.CPUPercent = 2.5; r.NetTxBytes += 100 }), 30 * time.Second, false},
+		{"nothing moved for Unchanged", &last, last, 5 * time.Minute, true},
+		{"busy: every sample", &last, with(func(r *event.Resource) { r.CPUPercent = 10 }), 30 * time.Second, true},
+		{"busy within its limit: every sample", &event.Resource{CPUPercent: 5, CPULimitPercent: 100, MemoryBytes: 1 << 20},
+			event.Resource{CPUPercent: 5, CPULimitPercent: 100, MemoryBytes: 1 << 20}, 30 * time.Second, true},
+		{"idle within its limit, nothing moved", &event.Resource{CPUPercent: 0.1, CPULimitPercent: 2, MemoryBytes: 1 << 20},
+			event.Resource{CPUPercent: 0.1, CPULimitPercent: 2, MemoryBytes: 1 << 20}, 30 * time.Second, false},
+		{"busy last time, calm now", &event.Resource{CPUPercent: 90}, last, 5 * time.Second, true},
+		{"cpu moved 2 points", &last, with(func(r *event.Resource) { r.CPUPercent = 3 }), 30 * time.Second, true},
+		{"memory grew 5 %", &last, with(func(r *event.Resource) { r.MemoryBytes += 5 << 20 }), 30 * time.Second, true},
+		{"memory grew 4 %", &last, with(func(r *event.Resource) { r.MemoryBytes += 4 << 20 }), 30 * time.Second, false},
+		{"a process more", &last, with(func(r *event.Resource) { r.PIDs++ }), 30 * time.Second, true},
+		{"64 KiB sent", &last, with(func(r *event.Resource) { r.NetTxBytes += 64 << 10 }), 30 * time.Second, true},
+		{"64 KiB received", &last, with(func(r *event.Resource) { r.NetRxBytes += 64 << 10 }), 30 * time.Second, true},
+		{"64 KiB written", &last, with(func(r *event.Resource) { r.BlockWriteBytes += 64 << 10 }), 30 * time.Second, true},
+		{"64 KiB read", &last, with(func(r *event.Resource) { r.BlockReadBytes += 64 << 10 }), 30 * time.Second, true},
+		{"counters reset (restart)", &last, with(func(r *event.Resource) { r.NetRxBytes = 0 }), 30 * time.Second, true},
+		{"limit changed", &last, with(func(r *event.Resource) { r.MemoryLimitBytes = 1 << 30 }), 30 * time.Second, true},
+	} {
+		require.Equal(t, tt.want, cfg.publish(tt.last, tt.cur, tt.since), tt.name)
+	}
+	every := Config{Interval: 30 * time.Second, FastThreshold: 50}
+	require.True(t, every.publish(&last, last, time.Second), "Unchanged 0: every sample")
 }

@@ -7,4 +7,4 @@ cd "$(dirname "$0")/../../services/collector"
 runs=${1:-1}
 echo "nproc $(nproc); load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 WHALEWATCH_BENCH_EXEC_CAPTURE=1 go test ./internal/collector -run '^TestExecCaptureBenchmark$' \
-	-count="$runs" -v -timeout 30m | grep -E 'processes in|^(--- |ok|FAIL)'
+	-count="$runs" -v -timeout 30m | grep -E 'processes in|kernel sensor published|^(--- |ok|FAIL)'

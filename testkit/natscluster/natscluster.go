@@ -55,9 +55,8 @@ type Cluster struct {
 func New(tb testing.TB) *Cluster {
 	tb.Helper()
 	c := &Cluster{tb: tb}
-	var clientPorts, clusterPorts [Size]int
+	var clusterPorts [Size]int
 	for i := range Size {
-		clientPorts[i] = freePort(tb)
 		clusterPorts[i] = freePort(tb)
 	}
 	// proxy[from][to] carries the routes node from opens to node to.
@@ -82,11 +81,13 @@ func New(tb testing.TB) *Cluster {
 		c.opts[i] = &server.Options{
 			ServerName: fmt.Sprintf("n%d", i+1),
 			Host:       "127.0.0.1",
-			Port:       clientPorts[i],
-			JetStream:  true,
-			StoreDir:   tb.TempDir(),
-			NoLog:      true,
-			NoSigs:     true,
+			// Chosen by the server when it listens (no window in which
+			// another test can take it); kept for restarts.
+			Port:      server.RANDOM_PORT,
+			JetStream: true,
+			StoreDir:  tb.TempDir(),
+			NoLog:     true,
+			NoSigs:    true,
 			Cluster: server.ClusterOpts{
 				Name: "whalewatch-test",
 				Host: "127.0.0.1",
@@ -140,10 +141,14 @@ func (c *Cluster) start(i int) {
 		c.tb.Fatalf("nats server %d: %v", i, err)
 	}
 	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
+	// Generous: make test starts many of these at once under -race.
+	if !s.ReadyForConnections(30 * time.Second) {
 		c.tb.Fatalf("nats server %d did not start", i)
 	}
 	c.mu.Lock()
+	if c.opts[i].Port == server.RANDOM_PORT {
+		c.opts[i].Port = s.Addr().(*net.TCPAddr).Port // a restart listens where clients reconnect
+	}
 	c.servers[i] = s
 	c.mu.Unlock()
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
@@ -188,15 +189,9 @@ func runConsumerFailover(t *testing.T, n, rate int) failoverRun {
 		mu.Lock()
 		published[e.Event.ID] = time.Now()
 		mu.Unlock()
-		// A collector retries a publish until it is stored.
-		for {
-			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			_, err := pub.Publish(pctx, subject.ForTelemetry(e), data, jetstream.WithMsgID(e.Event.ID))
-			cancel()
-			if err == nil || ctx.Err() != nil {
-				break
-			}
-		}
+		msg := nats.NewMsg(subject.ForTelemetry(e))
+		msg.Data = data
+		natscluster.PublishUntilStored(t, ctx, pub, msg, e.Event.ID) // as a collector does
 	}
 	stream, err := admin.Stream(ctx, "OUT")
 	require.NoError(t, err)

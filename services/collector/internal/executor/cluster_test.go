@@ -12,7 +12,6 @@ import (
 
 	"github.com/docker/docker/api/types/container"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
@@ -131,65 +130,18 @@ func TestClusterLeaderKill(t *testing.T) {
 		require.NoError(t, err)
 		msg := nats.NewMsg(response.RequestSubject(req))
 		msg.Data = data
-		// The detector retries a publish until it is stored.
-		for {
-			pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
-			_, err := pub.PublishMsg(pctx, msg, jetstream.WithMsgID(req.Event.ID))
-			pcancel()
-			if err == nil {
-				break
-			}
-			require.NoError(t, ctx.Err(), "publishing requests")
-		}
+		natscluster.PublishUntilStored(t, ctx, pub, msg, req.Event.ID) // as the detector does
 	}
 
 	// Every result stored, each once.
-	results := map[string]int{}
 	var resultSubjects []string
 	for _, h := range hosts {
 		resultSubjects = append(resultSubjects, "whalewatch.actions.result."+subject.Token(h)+".>")
 	}
-	var total uint64
-	var worst time.Duration
-	require.Eventually(t, func() bool {
-		st, err := admin.Stream(ctx, bus.StreamActions)
-		if err != nil {
-			return false
-		}
-		total = 0
-		for _, s := range resultSubjects {
-			info, err := st.Info(ctx, jetstream.WithSubjectFilter(s))
-			if err != nil {
-				return false
-			}
-			for _, n := range info.State.Subjects {
-				total += n
-			}
-		}
-		return total >= uint64(len(want))
-	}, 90*time.Second, 200*time.Millisecond, "results stored")
-	oc, err := admin.OrderedConsumer(ctx, bus.StreamActions, jetstream.OrderedConsumerConfig{FilterSubjects: resultSubjects})
-	require.NoError(t, err)
-	it, err := oc.Messages()
-	require.NoError(t, err)
-	defer it.Stop()
-	for range total {
-		m, err := it.Next()
-		require.NoError(t, err)
-		res, err := event.Decode(m.Data())
-		require.NoError(t, err)
+	results, worst := natscluster.Stored(t, ctx, admin, bus.StreamActions, resultSubjects, len(want), 90*time.Second, want, func(res *event.Event) {
 		require.Equal(t, string(response.StatusDone), res.Whalewatch.Response.Status, res.Whalewatch.Response.Reason)
-		results[res.Event.ID]++
-		md, err := m.Metadata()
-		require.NoError(t, err)
-		p, ok := want[res.Event.ID]
-		require.True(t, ok, "a result for no request: %s", res.Event.ID)
-		worst = max(worst, md.Timestamp.Sub(p))
-	}
-	twice := 0
-	for _, n := range results {
-		twice += n - 1
-	}
+	})
+	twice := natscluster.Twice(results)
 	executions, executedTwice := 0, 0
 	for _, eng := range engines {
 		eng.mu.Lock()

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
@@ -98,54 +98,14 @@ func TestClusterLeaderKill(t *testing.T) {
 		data, err := event.Marshal(e)
 		require.NoError(t, err)
 		published[event.DeriveID("threat", "suspicious-tool-netcat", e.Event.ID)] = time.Now()
-		// A collector retries a publish until it is stored.
-		for {
-			pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
-			_, err := pubJS.Publish(pctx, subject.ForTelemetry(e), data, jetstream.WithMsgID(e.Event.ID))
-			pcancel()
-			if err == nil {
-				break
-			}
-			require.NoError(t, ctx.Err(), "publishing telemetry")
-		}
+		msg := nats.NewMsg(subject.ForTelemetry(e))
+		msg.Data = data
+		natscluster.PublishUntilStored(t, ctx, pubJS, msg, e.Event.ID) // as a collector does
 	}
 
 	// Every threat stored in the stream, each once: read them all back.
-	stored := map[string]int{}
-	var worst time.Duration
-	var total uint64
-	require.Eventually(t, func() bool {
-		st, err := admin.Stream(ctx, bus.StreamThreats)
-		if err != nil {
-			return false
-		}
-		info, err := st.Info(ctx)
-		if err == nil {
-			total = info.State.Msgs
-		}
-		return err == nil && total >= n
-	}, slowdown*90*time.Second, 200*time.Millisecond, "threats stored")
-	oc, err := admin.OrderedConsumer(ctx, bus.StreamThreats, jetstream.OrderedConsumerConfig{})
-	require.NoError(t, err)
-	it, err := oc.Messages()
-	require.NoError(t, err)
-	defer it.Stop()
-	for range total {
-		m, err := it.Next()
-		require.NoError(t, err)
-		th, err := event.Decode(m.Data())
-		require.NoError(t, err)
-		stored[th.Event.ID]++
-		md, err := m.Metadata()
-		require.NoError(t, err)
-		p, ok := published[th.Event.ID]
-		require.True(t, ok, "a threat for no published event: %s", th.Event.ID)
-		worst = max(worst, md.Timestamp.Sub(p))
-	}
-	dups := 0
-	for _, k := range stored {
-		dups += k - 1
-	}
+	stored, worst := natscluster.Stored(t, ctx, admin, bus.StreamThreats, nil, n, slowdown*90*time.Second, published, nil)
+	dups := natscluster.Twice(stored)
 	t.Logf("%d malicious events at %d/s, the node leading telemetry, partitions, their consumers, leases and baselines killed and restarted: %d threats stored, %d twice; longest publish to stored threat %v",
 		n, rate, len(stored), dups, worst.Round(time.Millisecond))
 	require.Len(t, stored, n, "threats lost")

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/whalewatch/whalewatch/pkg/bus"
@@ -92,17 +91,9 @@ func runClusterLeaderKill(t *testing.T, n, rate int, slackDelay time.Duration) (
 		data, err := event.Marshal(e)
 		require.NoError(t, err)
 		published[e.Event.ID] = time.Now()
-		for { // as the detector does: until stored, with the same id
-			msg := nats.NewMsg(subject.ForThreat(e))
-			msg.Data = data
-			pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			_, err := js.PublishMsg(pctx, msg, jetstream.WithMsgID(e.Event.ID))
-			cancel()
-			if err == nil {
-				break
-			}
-			require.NoError(t, ctx.Err(), "publishing %d: %v", i, err)
-		}
+		msg := nats.NewMsg(subject.ForThreat(e))
+		msg.Data = data
+		natscluster.PublishUntilStored(t, ctx, js, msg, e.Event.ID) // as the detector does
 	}
 	waitPosted(t, sc, es, 90*time.Second)
 	// Redeliveries of acks lost with the leader come after the ack wait

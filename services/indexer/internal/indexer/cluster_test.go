@@ -156,7 +156,10 @@ func TestClusterLeaderKillsLoseAndDuplicateNothing(t *testing.T) {
 			return c.WaitConsumerLeader(bus.StreamTelemetry, ConsumerTelemetry, 20*time.Second)
 		}},
 	}
-	var longestElection time.Duration
+	// The outage a kill causes lasts until the stream AND the consumer have
+	// a leader again: the killed node may have led both, and then the
+	// consumer's election follows the stream's.
+	var longestOutage time.Duration
 	for k, kill := range kills {
 		until(n * (2*k + 1) / 5)
 		node := kill.leader()
@@ -164,8 +167,13 @@ func TestClusterLeaderKillsLoseAndDuplicateNothing(t *testing.T) {
 		c.Kill(node)
 		kill.leader() // elected among the two left
 		election := time.Since(killed)
-		longestElection = max(longestElection, election)
-		t.Logf("%s: node %d killed, new leader elected in %v", kill.what, node, election.Round(time.Millisecond))
+		for _, other := range kills {
+			other.leader()
+		}
+		outage := time.Since(killed)
+		longestOutage = max(longestOutage, outage)
+		t.Logf("%s: node %d killed, new leader elected in %v, stream and consumer both led after %v",
+			kill.what, node, election.Round(time.Millisecond), outage.Round(time.Millisecond))
 		until(n * (2*k + 2) / 5)
 		c.Restart(node)
 		c.WaitReady(20 * time.Second)
@@ -200,10 +208,12 @@ func TestClusterLeaderKillsLoseAndDuplicateNothing(t *testing.T) {
 	}
 	t.Logf("%d events, %d documents, 0 lost, 0 duplicate; longest PubAck-to-document delay %v (%s), ack-wait %v",
 		n, len(docs), longest.Round(time.Millisecond), worst, ackWait)
-	// An event the dying consumer leader had sent waits for the election and
-	// then its redelivery (AckWait); none may wait longer (a few seconds of
-	// margin for the pulls and the bulk requests).
-	require.Less(t, longest, longestElection+ackWait+5*time.Second, "longest stall")
+	// An event the dying consumer leader had sent waits for the outage and
+	// then its redelivery (AckWait); none may wait a second AckWait. The
+	// margin covers a pull's expiry (2 s), the bulk retry's back-off (1 s)
+	// and the race detector's slowness on a loaded CI machine (18 s was
+	// seen with an outage of 6 s there).
+	require.Less(t, longest, longestOutage+ackWait+10*time.Second, "longest stall")
 	require.Zero(t, prepared(t, reg, "slow"), "complete events take the fast path")
 	require.GreaterOrEqual(t, prepared(t, reg, "fast"), float64(n))
 }

@@ -7,6 +7,7 @@
 // benchmark).
 //
 //	loadgen exec|open RATE SECONDS WORKERS
+//	loadgen tinytrue (writes the smallest program that exits 0; prints its path, for execgen)
 //	loadgen calls
 //	loadgen attempt NAME... (see attempts)
 //	loadgen repeat COUNT INTERVAL_MS NAME... (the attempts COUNT times, INTERVAL_MS apart)
@@ -28,6 +29,10 @@ import (
 )
 
 func main() {
+	if len(os.Args) == 2 && os.Args[1] == "tinytrue" {
+		fmt.Println(tinyTrue())
+		return
+	}
 	if len(os.Args) == 2 && os.Args[1] == "calls" {
 		calls()
 		return

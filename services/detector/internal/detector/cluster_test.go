@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
@@ -81,6 +82,15 @@ func TestClusterLeaderKill(t *testing.T) {
 	c.WaitStreamLeader("KV_"+state.BaselineBucket, 20*time.Second)
 	c.MoveStreamLeader(nc, "KV_"+state.BaselineBucket, target)
 
+	// The partitioned stream's source of telemetry, as its leader reports
+	// it: what a stall after the kill is made of.
+	start := time.Now()
+	logCtx, stopLog := context.WithCancel(ctx)
+	var logging sync.WaitGroup
+	logging.Go(func() { logSource(t, logCtx, admin, c, start) })
+	defer logging.Wait()
+	defer stopLog()
+
 	const n, rate = 300, 50
 	published := map[string]time.Time{} // threat id → publish time of its telemetry
 	_, pubJS := c.Connect(t)
@@ -91,8 +101,10 @@ func TestClusterLeaderKill(t *testing.T) {
 		switch i {
 		case n / 3:
 			c.Kill(target)
+			t.Logf("node %d killed at %v", target, time.Since(start).Round(100*time.Millisecond))
 		case 2 * n / 3:
 			c.Restart(target)
+			t.Logf("node %d restarted at %v", target, time.Since(start).Round(100*time.Millisecond))
 		}
 		e := processEvent("h1", fmt.Sprintf("%064x", i+1), "nc", "-l", "-p", "4444")
 		data, err := event.Marshal(e)
@@ -132,4 +144,40 @@ func TestClusterLeaderKill(t *testing.T) {
 		}
 		return k > 0
 	}, 20*time.Second, 200*time.Millisecond, "no baseline stored")
+}
+
+// logSource logs the partitioned stream's source info (time since the
+// source was last heard from, lag, error) once a second until ctx ends.
+func logSource(t *testing.T, ctx context.Context, js jetstream.JetStream, c *natscluster.Cluster, start time.Time) {
+	for ctx.Err() == nil {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		ictx, cancel := context.WithTimeout(ctx, time.Second)
+		st, err := js.Stream(ictx, partition.Stream)
+		var info *jetstream.StreamInfo
+		if err == nil {
+			info, err = st.Info(ictx)
+		}
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		at := time.Since(start).Round(100 * time.Millisecond)
+		if err != nil || len(info.Sources) == 0 {
+			t.Logf("source at %v: leader %d, %v", at, c.StreamLeader(partition.Stream), err)
+			continue
+		}
+		s := info.Sources[0]
+		var telSeq uint64
+		tctx, cancel := context.WithTimeout(ctx, time.Second)
+		if tel, err := js.Stream(tctx, bus.StreamTelemetry); err == nil {
+			telSeq = tel.CachedInfo().State.LastSeq
+		}
+		cancel()
+		t.Logf("source at %v: leader %d, active %v, lag %d, error %v; last seq %d, telemetry's %d",
+			at, c.StreamLeader(partition.Stream), s.Active, s.Lag, s.Error, info.State.LastSeq, telSeq)
+	}
 }

@@ -30,9 +30,6 @@ func TestClusterLeaderKillsLoseAndDuplicateNothing(t *testing.T) {
 	const (
 		n    = 1500
 		rate = 150 // events/s: the kills happen under load
-		// ackWait bounds how long a message a dying consumer leader sent
-		// (and the client never got) waits for redelivery.
-		ackWait = 6 * time.Second
 	)
 	c := natscluster.New(t)
 	es := esstub.New(t)
@@ -48,9 +45,12 @@ func TestClusterLeaderKillsLoseAndDuplicateNothing(t *testing.T) {
 		"-nats-url", c.URLs(), "-stream-replicas", "3",
 		"-elasticsearch-url", es.URL, "-http-addr", "",
 		"-flush-interval", "20ms", "-retry-max-backoff", "1s",
-		"-elasticsearch-timeout", "2s", "-ack-wait", ackWait.String(), "-shutdown-timeout", "5s",
+		"-elasticsearch-timeout", "2s", "-shutdown-timeout", "5s",
 	}, nil)
 	require.NoError(t, err)
+	// The default ack wait bounds how long a message a dying consumer
+	// leader sent (and the client never got) waits for redelivery.
+	ackWait := cfg.AckWait
 	reg := prometheus.NewRegistry()
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -271,6 +271,7 @@ func (c *Cluster) Outage(since time.Time, leaders ...func() int) (wait func(time
 	done := make(chan time.Duration, 1)
 	stop := make(chan struct{})
 	var once sync.Once
+	c.tb.Cleanup(func() { once.Do(func() { close(stop) }) }) // a test that failed before wait
 	go func() {
 		for {
 			led := true

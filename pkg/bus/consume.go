@@ -250,9 +250,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 }
 
 // fetch pulls messages into queue, holding each, until ctx ends; then it
-// closes queue. Each pull asks for what the buffer has room for, so that
-// no more than buf messages are ever held (a slow handler never has a
-// flood waiting behind it), and lasts at most 10 s. The server sends an
+// closes queue. Each pull asks for what the buffer has room for, once half
+// of it is, so that no more than buf messages are ever held (a slow handler
+// never has a flood waiting behind it), and lasts at most 10 s. The server sends an
 // idle heartbeat every second to a waiting pull, so that a pull parked on
 // a consumer leader that died (a NATS node went away) is noticed after two
 // missed beats and made again to the new leader.
@@ -260,8 +260,11 @@ func (c *Consumer) fetch(ctx context.Context, cons jetstream.Consumer, queue cha
 	defer close(queue)
 	delay := 100 * time.Millisecond
 	for ctx.Err() == nil {
+		// Like nats.go's pull iterator, pull again once half the buffer
+		// is free: a backlog then goes in pulls of at least half a
+		// buffer, rather than one small pull per message handled.
 		n := buf - c.held.len()
-		if n <= 0 {
+		if n < max(buf/2, 1) {
 			select {
 			case <-ctx.Done():
 			case <-c.held.space:

@@ -27,15 +27,19 @@ const (
 	// watchEvery is how often the source is looked at. Its consumer sends
 	// a heartbeat every second, so a healthy source was heard from within
 	// about a second.
-	watchEvery = time.Second
+	watchEvery = 500 * time.Millisecond
+	// watchTimeout bounds each request the watcher makes: longer than a
+	// look's period, as a loaded JetStream API answers in seconds.
+	watchTimeout = 3 * time.Second
 	// stallAfter is how long the source may stay unheard before its
 	// stream's leader is moved: two missed heartbeats. A false alarm costs
 	// a step-down (the copy pauses for well under a second).
 	stallAfter = 2 * time.Second
-	// moveGrace is the least time between two moves by one replica: a new
-	// leader sets the source up within milliseconds when telemetry has a
-	// leader, and the check below waits for telemetry anyway.
-	moveGrace = 10 * time.Second
+	// moveGrace is the least time between two moves by one replica. A
+	// new leader's source can stall again (its request reached a
+	// telemetry leader that was not ready to answer), so the grace is
+	// short; each move costs well under a second of copying.
+	moveGrace = 2 * stallAfter
 )
 
 // WatchSource keeps Stream's copy of telemetry flowing through NATS leader
@@ -55,7 +59,7 @@ const (
 // them all. Nothing is lost or copied twice by the move: the new leader
 // resumes after the last sequence it stored (Stream deduplicates).
 //
-// The cost is one stream info request per replica per second, independent
+// The cost is two stream info requests per replica per second, independent
 // of the number of hosts or partitions.
 func WatchSource(ctx context.Context, js SourceJetStream, log *slog.Logger, reg prometheus.Registerer) {
 	moves := prometheus.NewCounter(prometheus.CounterOpts{
@@ -100,7 +104,7 @@ func WatchSource(ctx context.Context, js SourceJetStream, log *slog.Logger, reg 
 // sourceState returns Stream's leader and how long ago its source of
 // telemetry was last heard from (-1: not since this leader started it).
 func sourceState(ctx context.Context, js SourceJetStream) (leader string, active time.Duration, err error) {
-	ictx, cancel := context.WithTimeout(ctx, watchEvery)
+	ictx, cancel := context.WithTimeout(ctx, watchTimeout)
 	defer cancel()
 	st, err := js.Stream(ictx, Stream)
 	if err != nil {
@@ -123,15 +127,21 @@ func sourceState(ctx context.Context, js SourceJetStream) (leader string, active
 
 // hasLeader returns nil when stream's leader answers an info request.
 func hasLeader(ctx context.Context, js SourceJetStream, stream string) error {
-	ictx, cancel := context.WithTimeout(ctx, watchEvery)
+	ictx, cancel := context.WithTimeout(ctx, watchTimeout)
 	defer cancel()
-	_, err := js.Stream(ictx, stream)
-	return err
+	st, err := js.Stream(ictx, stream)
+	if err != nil {
+		return err
+	}
+	if c := st.CachedInfo().Cluster; c != nil && c.Leader == "" {
+		return fmt.Errorf("stream %s has no leader", stream)
+	}
+	return nil
 }
 
 // stepDown asks stream's leader to hand leadership to another replica.
 func stepDown(ctx context.Context, nc *nats.Conn, stream string) error {
-	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	rctx, cancel := context.WithTimeout(ctx, watchTimeout)
 	defer cancel()
 	resp, err := nc.RequestWithContext(rctx, "$JS.API.STREAM.LEADER.STEPDOWN."+stream, nil)
 	if err != nil {

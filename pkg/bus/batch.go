@@ -66,7 +66,8 @@ type BatchConfig struct {
 // count and bytes) into a pool of workers, with Consumer's ack discipline,
 // written once in Consumer: acked only when the handler says the effect
 // happened, nak'ed with a growing delay, dead-lettered with the reason, held
-// with in-progress acks while a worker has the batch.
+// with in-progress acks from the pull until settled (a batch waiting for a
+// worker included).
 type BatchConsumer struct {
 	cfg     BatchConfig
 	js      JetStream
@@ -153,6 +154,7 @@ func (b *BatchConsumer) pull(ctx context.Context, c *Consumer, out chan<- pulled
 		var msgs []jetstream.Msg
 		if err == nil {
 			for m := range mb.Messages() {
+				c.held.add(m) // until settled, however long it is queued
 				msgs = append(msgs, m)
 			}
 			err = mb.Error()
@@ -168,7 +170,7 @@ func (b *BatchConsumer) pull(ctx context.Context, c *Consumer, out chan<- pulled
 			case <-ctx.Done():
 			case <-time.After(delay):
 			}
-			delay = min(2*delay, 5*time.Second)
+			delay = min(2*delay, 2*time.Second)
 			continue
 		}
 		delay = 100 * time.Millisecond
@@ -182,10 +184,9 @@ func (b *BatchConsumer) process(ctx context.Context, p pulled) {
 	for i, m := range p.msgs {
 		payloads[i] = m.Data()
 	}
+	defer c.release(p.msgs)
 	start := time.Now()
-	stop := c.holdProgress(p.msgs)
 	errs := b.handler.HandleBatch(ctx, payloads)
-	stop()
 	c.metrics.duration.WithLabelValues(c.cfg.Durable).Observe(time.Since(start).Seconds())
 	if len(errs) != len(p.msgs) {
 		// A handler bug; retry everything rather than guess.

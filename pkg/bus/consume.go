@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -88,10 +87,11 @@ type ConsumerConfig struct {
 	// FlushInterval is how long a batch may wait to fill once its first event
 	// arrived. Zero hands over what is there without waiting.
 	FlushInterval time.Duration
-	// AckWait is how long the server waits for an ack (or an in-progress
-	// ack, sent while the handler holds a batch) before redelivering; 30 s
-	// by default. It is also how long a message waits that a consumer
-	// leader sent just before it died, or a crashed replica held.
+	// AckWait is how long the server waits for an ack before redelivering;
+	// 5 s by default. A live consumer sends in-progress acks for every
+	// message it holds (handled or buffered), so AckWait is only how long
+	// a message waits that a crashed replica held, or that a consumer
+	// leader sent just before it died: the failover's delay.
 	AckWait time.Duration
 	// MaxDeliver bounds deliveries of one message (-1: unlimited, for sinks
 	// that must outlast an outage of what they write to).
@@ -109,7 +109,7 @@ func (c *ConsumerConfig) defaults() {
 		c.BatchSize = 1
 	}
 	if c.AckWait <= 0 {
-		c.AckWait = 30 * time.Second
+		c.AckWait = 5 * time.Second
 	}
 	if c.MaxDeliver == 0 {
 		c.MaxDeliver = 10
@@ -169,6 +169,8 @@ type Consumer struct {
 	// outcomes are metrics.messages of this consumer by outcome, looked up
 	// once: settling runs for every message.
 	outcomes map[string]prometheus.Counter
+	// held is what this consumer pulled and has not settled yet.
+	held *held
 }
 
 // NewConsumer returns a consumer; Run starts it.
@@ -178,7 +180,8 @@ func NewConsumer(js JetStream, cfg ConsumerConfig, h Handler, m *ConsumerMetrics
 	for _, o := range []string{outcomeAck, outcomeNak, outcomeDeadLetter} {
 		outcomes[o] = m.messages.WithLabelValues(cfg.Durable, o)
 	}
-	return &Consumer{cfg: cfg, js: js, handler: h, metrics: m, log: log.With("consumer", cfg.Durable), outcomes: outcomes}
+	return &Consumer{cfg: cfg, js: js, handler: h, metrics: m, log: log.With("consumer", cfg.Durable), outcomes: outcomes,
+		held: newHeld(cfg.AckWait)}
 }
 
 // Run creates (or updates) the durable consumer, retrying until NATS answers,
@@ -192,58 +195,113 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return nil // ctx ended before NATS answered: nothing to drain
 	}
 
-	// The server sends an idle heartbeat every second to a waiting pull, so
-	// that a pull parked on a consumer leader that died (a NATS node went
-	// away) is noticed after two missed beats and made again to the new
-	// leader, rather than after the pull's expiry (30 s by default; 10 s
-	// here, so that even a pull a server keeps alive without delivering is
-	// made again soon). The pull asks for a
-	// bounded number of messages, so a reconnect never floods the client's
-	// buffer (a slow consumer drops messages, which then wait out AckWait).
-	iter, err := cons.Messages(jetstream.PullMaxMessages(max(2*c.cfg.BatchSize, 64)), jetstream.PullHeartbeat(time.Second), jetstream.PullExpiry(10*time.Second))
-	if err != nil {
-		return fmt.Errorf("consumer %s: %w", c.cfg.Durable, err)
-	}
-	// Work on delivered messages may outlive ctx by DrainTimeout.
+	// Pulled messages wait in a buffer of a few batches, all of them held
+	// (in-progress acks) until settled.
+	buf := max(2*c.cfg.BatchSize, 64)
+	queue := make(chan jetstream.Msg, buf)
+	defer c.held.stop()
+	go c.fetch(ctx, cons, queue, buf)
+	// Work on pulled messages may outlive ctx by DrainTimeout.
 	work, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelWork()
-	stop := context.AfterFunc(ctx, func() {
-		iter.Drain()
-		time.AfterFunc(c.cfg.DrainTimeout, cancelWork)
-	})
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.DrainTimeout, cancelWork) })
 	defer stop()
-	defer iter.Stop()
 
 	c.log.Info("consuming", "stream", c.cfg.Stream, "filter", c.cfg.FilterSubjects)
 	batch := make([]jetstream.Msg, 0, c.cfg.BatchSize)
+	flush := time.NewTimer(time.Hour)
+	flush.Stop()
 	for {
-		batch = batch[:0]
-		msg, err := iter.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				c.log.Info("consumer drained and stopped")
-				return nil
-			}
-			if ctx.Err() == nil {
-				c.log.Debug("waiting for messages", "err", err)
-			}
-			continue
+		msg, ok := <-queue
+		if !ok {
+			c.log.Info("consumer drained and stopped")
+			return nil
 		}
-		batch = append(batch, msg)
-		deadline := time.Now().Add(c.cfg.FlushInterval)
-		for len(batch) < c.cfg.BatchSize {
-			wait := time.Until(deadline)
-			if wait <= 0 {
-				wait = time.Millisecond // take only what is already buffered
+		batch = append(batch[:0], msg)
+		if len(batch) < c.cfg.BatchSize {
+			flush.Reset(c.cfg.FlushInterval)
+		fill:
+			for len(batch) < c.cfg.BatchSize {
+				select {
+				case m, ok := <-queue:
+					if !ok {
+						break fill
+					}
+					batch = append(batch, m)
+					continue
+				default:
+				}
+				// Nothing buffered: wait for the batch to fill until
+				// the flush interval ends (at once when it is zero).
+				select {
+				case m, ok := <-queue:
+					if !ok {
+						break fill
+					}
+					batch = append(batch, m)
+				case <-flush.C:
+					break fill
+				}
 			}
-			m, err := iter.Next(jetstream.NextMaxWait(wait))
-			if err != nil {
-				break
-			}
-			batch = append(batch, m)
+			flush.Stop()
 		}
 		c.process(work, batch)
 	}
+}
+
+// fetch pulls messages into queue, holding each, until ctx ends; then it
+// closes queue. Each pull asks for what the buffer has room for, once half
+// of it is, so that no more than buf messages are ever held (a slow handler
+// never has a flood waiting behind it), and lasts at most 10 s. The server sends an
+// idle heartbeat every second to a waiting pull, so that a pull parked on
+// a consumer leader that died (a NATS node went away) is noticed after two
+// missed beats and made again to the new leader.
+func (c *Consumer) fetch(ctx context.Context, cons jetstream.Consumer, queue chan<- jetstream.Msg, buf int) {
+	defer close(queue)
+	delay := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		// Like nats.go's pull iterator, pull again once half the buffer
+		// is free: a backlog then goes in pulls of at least half a
+		// buffer, rather than one small pull per message handled.
+		n := buf - c.held.len()
+		if n < max(buf/2, 1) {
+			select {
+			case <-ctx.Done():
+			case <-c.held.space:
+			}
+			continue
+		}
+		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		mb, err := cons.Fetch(n, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(time.Second))
+		if err == nil {
+			for m := range mb.Messages() {
+				c.held.add(m)
+				queue <- m // room for it: queue holds only held messages
+			}
+			err = mb.Error()
+		}
+		cancel()
+		if err != nil && !fetchEnded(err) {
+			if ctx.Err() == nil {
+				c.log.Debug("fetching, will retry", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(delay):
+			}
+			delay = min(2*delay, 2*time.Second)
+			continue
+		}
+		delay = 100 * time.Millisecond
+	}
+}
+
+// fetchEnded reports whether a fetch's error only says that the pull ended
+// (expired, or its leader went silent): the next pull follows at once.
+func fetchEnded(err error) bool {
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) ||
+		errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) ||
+		errors.Is(err, jetstream.ErrNoHeartbeat)
 }
 
 // jetStreamConfig is the durable consumer's JetStream configuration.
@@ -268,6 +326,7 @@ func (c *Consumer) jetStreamConfig() jetstream.ConsumerConfig {
 
 // process decodes, handles and settles one batch.
 func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
+	defer c.release(msgs)
 	events := make([]*event.Event, 0, len(msgs))
 	handled := make([]jetstream.Msg, 0, len(msgs))
 	for _, m := range msgs {
@@ -283,9 +342,7 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
 		return
 	}
 	start := time.Now()
-	stop := c.holdProgress(handled)
 	errs := c.handler.Handle(ctx, events)
-	stop()
 	c.metrics.duration.WithLabelValues(c.cfg.Durable).Observe(time.Since(start).Seconds())
 	if len(errs) != len(events) {
 		// A handler bug; retry everything rather than guess.
@@ -304,35 +361,10 @@ func (c *Consumer) process(ctx context.Context, msgs []jetstream.Msg) {
 	}
 }
 
-// holdProgress sends in-progress acks for msgs every third of AckWait until
-// stop is called, so that the server redelivers nothing this live consumer
-// holds, however long the handler takes: AckWait is then only the time a
-// crashed consumer's messages wait for another.
-func (c *Consumer) holdProgress(msgs []jetstream.Msg) (stop func()) {
-	// A timer rather than a goroutine: most batches are settled long
-	// before the first tick, and this runs once per batch on the hot path.
-	every := max(c.cfg.AckWait/3, 100*time.Millisecond)
-	var mu sync.Mutex
-	stopped := false
-	var t *time.Timer
-	mu.Lock() // t is set before the first tick reads it
-	defer mu.Unlock()
-	t = time.AfterFunc(every, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if stopped {
-			return
-		}
-		for _, m := range msgs {
-			_ = m.InProgress()
-		}
-		t.Reset(every)
-	})
-	return func() {
-		mu.Lock()
-		defer mu.Unlock()
-		stopped = true
-		t.Stop()
+// release stops holding msgs, once they are settled.
+func (c *Consumer) release(msgs []jetstream.Msg) {
+	for _, m := range msgs {
+		c.held.done(m)
 	}
 }
 

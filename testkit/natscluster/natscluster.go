@@ -55,18 +55,22 @@ type Cluster struct {
 func New(tb testing.TB) *Cluster {
 	tb.Helper()
 	c := &Cluster{tb: tb}
-	var clusterPorts [Size]int
-	for i := range Size {
-		clusterPorts[i] = freePort(tb)
-	}
-	// proxy[from][to] carries the routes node from opens to node to.
+	// proxy[from][to] carries the routes node from opens to node to,
+	// wherever to listens now.
 	var via [Size][Size]*proxy
 	for from := range Size {
 		for to := range Size {
 			if from == to {
 				continue
 			}
-			p := newProxy(tb, from, to, fmt.Sprintf("127.0.0.1:%d", clusterPorts[to]))
+			p := newProxy(tb, from, to, func() string {
+				if s := c.Server(to); s != nil {
+					if a := s.ClusterAddr(); a != nil {
+						return a.String()
+					}
+				}
+				return ""
+			})
 			via[from][to] = p
 			c.proxies = append(c.proxies, p)
 		}
@@ -91,7 +95,12 @@ func New(tb testing.TB) *Cluster {
 			Cluster: server.ClusterOpts{
 				Name: "whalewatch-test",
 				Host: "127.0.0.1",
-				Port: clusterPorts[i],
+				// Chosen at each start, as it listens: nodes reach it
+				// only through the proxies, which look it up. A port
+				// picked beforehand could be taken meanwhile (by any
+				// outgoing connection's local port) and the node would
+				// never start.
+				Port: server.RANDOM_PORT,
 				// Others learn of a node by this address: one of the
 				// proxies to it, so that gossiped routes are cut too.
 				Advertise: via[(i+1)%Size][i].addr,
@@ -136,7 +145,14 @@ func (c *Cluster) WaitReady(timeout time.Duration) {
 
 func (c *Cluster) start(i int) {
 	c.tb.Helper()
-	s, err := server.NewServer(c.opts[i].Clone())
+	opts := c.opts[i].Clone()
+	if opts.Port != server.RANDOM_PORT && !free(opts.Port) {
+		// Taken while the node was down (an outgoing connection's local
+		// port): listen elsewhere. Clients reconnect to the other nodes
+		// and learn the new address from them.
+		opts.Port = server.RANDOM_PORT
+	}
+	s, err := server.NewServer(opts)
 	if err != nil {
 		c.tb.Fatalf("nats server %d: %v", i, err)
 	}
@@ -146,15 +162,15 @@ func (c *Cluster) start(i int) {
 		c.tb.Fatalf("nats server %d did not start", i)
 	}
 	c.mu.Lock()
-	if c.opts[i].Port == server.RANDOM_PORT {
-		c.opts[i].Port = s.Addr().(*net.TCPAddr).Port // a restart listens where clients reconnect
-	}
+	c.opts[i].Port = s.Addr().(*net.TCPAddr).Port // a restart listens where clients reconnect
 	c.servers[i] = s
 	c.mu.Unlock()
 }
 
 // URLs is the client URLs of every node, comma-separated (NATS_URL).
 func (c *Cluster) URLs() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	urls := make([]string, Size)
 	for i := range Size {
 		urls[i] = fmt.Sprintf("nats://127.0.0.1:%d", c.opts[i].Port)
@@ -246,6 +262,49 @@ func (c *Cluster) wait(timeout time.Duration, what string, f func() int) int {
 	}
 }
 
+// Outage measures how long after since every one of leaders (StreamLeader,
+// ConsumerLeader, ... as closures) names a running node again: the
+// election a kill costs, which stall bounds are built on. It polls in the
+// background from now; wait returns the outage, failing the test if it
+// lasts longer than timeout.
+func (c *Cluster) Outage(since time.Time, leaders ...func() int) (wait func(timeout time.Duration) time.Duration) {
+	done := make(chan time.Duration, 1)
+	stop := make(chan struct{})
+	var once sync.Once
+	c.tb.Cleanup(func() { once.Do(func() { close(stop) }) }) // a test that failed before wait
+	go func() {
+		for {
+			led := true
+			for _, l := range leaders {
+				if l() < 0 {
+					led = false
+					break
+				}
+			}
+			if led {
+				done <- time.Since(since)
+				return
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}()
+	return func(timeout time.Duration) time.Duration {
+		c.tb.Helper()
+		defer once.Do(func() { close(stop) })
+		select {
+		case d := <-done:
+			return d
+		case <-time.After(time.Until(since.Add(timeout))):
+			c.tb.Fatalf("not every leader elected %v after the kill", timeout)
+			return 0
+		}
+	}
+}
+
 // Kill cuts node i's routes and shuts it down (see the package comment).
 func (c *Cluster) Kill(i int) {
 	c.tb.Helper()
@@ -276,7 +335,7 @@ func (c *Cluster) Restart(i int) {
 // them while either end is down.
 type proxy struct {
 	from, to int
-	target   string
+	target   func() string // the address to listens on, empty while it is down
 	addr     string
 	ln       net.Listener
 	mu       sync.Mutex
@@ -284,7 +343,7 @@ type proxy struct {
 	conns    map[net.Conn]bool
 }
 
-func newProxy(tb testing.TB, from, to int, target string) *proxy {
+func newProxy(tb testing.TB, from, to int, target func() string) *proxy {
 	tb.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -313,7 +372,12 @@ func (p *proxy) pipe(in net.Conn) {
 		in.Close()
 		return
 	}
-	out, err := net.DialTimeout("tcp", p.target, time.Second)
+	target := p.target()
+	if target == "" {
+		in.Close()
+		return
+	}
+	out, err := net.DialTimeout("tcp", target, time.Second)
 	if err != nil {
 		in.Close()
 		return
@@ -373,16 +437,14 @@ func (p *proxy) close() {
 	p.mu.Unlock()
 }
 
-// freePort returns a loopback port that was free a moment ago: nodes keep
-// their ports across a restart, so that clients' URLs stay valid.
-func freePort(tb testing.TB) int {
-	tb.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// free reports whether port can be listened on on loopback now.
+func free(port int) bool {
+	ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
-		tb.Fatalf("finding a free port: %v", err)
+		return false
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return true
 }
 
 // Name is node i's server name (n1, n2, n3).

@@ -2,6 +2,8 @@ package natscluster_test
 
 import (
 	"context"
+	"net"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,8 +13,9 @@ import (
 	"github.com/whalewatch/whalewatch/testkit/natscluster"
 )
 
-// A killed stream leader is replaced, a restarted node catches up, and no
-// acknowledged message is lost.
+// A killed stream leader is replaced (Outage measures how long that took),
+// a restarted node catches up, even when its client port was taken while it
+// was down, and no acknowledged message is lost.
 func TestKillAndRestartStreamLeader(t *testing.T) {
 	t.Parallel()
 	c := natscluster.New(t)
@@ -25,14 +28,23 @@ func TestKillAndRestartStreamLeader(t *testing.T) {
 	require.NoError(t, err)
 
 	old := c.WaitStreamLeader("S", 10*time.Second)
+	urls := strings.Split(c.URLs(), ",")
+	killed := time.Now()
 	c.Kill(old)
+	outage := c.Outage(killed, func() int { return c.StreamLeader("S") })
 	require.Nil(t, c.Server(old))
 	now := c.WaitStreamLeader("S", 20*time.Second)
 	require.NotEqual(t, old, now)
+	require.Less(t, outage(20*time.Second), time.Since(killed))
 	_, err = js.Publish(ctx, "s.2", []byte("two"))
 	require.NoError(t, err)
 
+	// Any outgoing connection's local port may take a down node's port.
+	taken, err := net.Listen("tcp", strings.TrimPrefix(urls[old], "nats://"))
+	require.NoError(t, err)
+	defer taken.Close()
 	c.Restart(old)
+	require.NotEqual(t, urls[old], strings.Split(c.URLs(), ",")[old], "restarted on another port")
 	s, err := js.Stream(ctx, "S")
 	require.NoError(t, err)
 	info, err := s.Info(ctx)

@@ -20,6 +20,7 @@ type stateJetStream interface {
 	bus.JetStream
 	bus.KeyValueManager
 	partition.StreamManager
+	partition.SourceJetStream
 }
 
 // runStateful syncs baselines with KV and consumes telemetry, through the
@@ -100,12 +101,19 @@ func (d *Detector) runPartitioned(ctx context.Context, js stateJetStream) error 
 		},
 	}
 	m := partition.NewManager(d.cfg.Partition, d.cfg.Partition.ID(), kv, d.consumePartition, hooks, d.log, d.reg)
-	return m.Run(ctx)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		partition.WatchSource(gctx, js, d.log, d.reg)
+		return nil
+	})
+	g.Go(func() error { return m.Run(gctx) })
+	return g.Wait()
 }
 
-// consumePartition consumes partition p until ctx ends. Its ack wait is the
-// lease TTL, so what a dead replica held is redelivered about when its
-// partitions move.
+// consumePartition consumes partition p until ctx ends. Its ack wait is
+// pkg/bus's short default: what this replica holds gets in-progress acks, so
+// only what a dead replica held (redelivered to the partition's next owner,
+// once it moved) or what a dying consumer leader sent waits it out.
 func (d *Detector) consumePartition(ctx context.Context, p int) error {
 	c := bus.NewConsumer(d.js, bus.ConsumerConfig{
 		Stream:         partition.Stream,
@@ -113,7 +121,6 @@ func (d *Detector) consumePartition(ctx context.Context, p int) error {
 		FilterSubjects: []string{partition.Subject(p)},
 		BatchSize:      1,
 		MaxDeliver:     10,
-		AckWait:        d.cfg.Partition.LeaseTTL,
 	}, bus.Each(d.Handle), d.metrics, d.log.With("partition", p))
 	return c.Run(ctx)
 }

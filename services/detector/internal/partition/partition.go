@@ -13,7 +13,9 @@
 // It is a work queue: a message is deleted once its partition's consumer
 // acked it, so the copy costs only the backlog. The telemetry stream and its
 // subjects are unchanged (the indexer and other readers do not see this).
-// Each partition has one durable pull consumer, Durable(prefix, p).
+// Each partition has one durable pull consumer, Durable(prefix, p). The
+// stream's leader runs the source; WatchSource restarts it (by moving the
+// leader) when nats-server's own retry would take half a minute or more.
 //
 // Ownership. Live replicas and partition locks are keys of the KV bucket
 // LeaseBucket whose TTL is the lease TTL:

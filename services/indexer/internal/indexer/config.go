@@ -30,7 +30,10 @@ type Config struct {
 	IndexTelemetry bool
 	// AckWait is how long JetStream waits for an ack before it redelivers a
 	// message: how soon the events in flight of a crashed indexer are
-	// indexed by another (or by itself, restarted).
+	// indexed by another (or by itself, restarted), and how long an event
+	// waits that a dying consumer leader sent but the indexer never got.
+	// Events the indexer holds get in-progress acks (pkg/bus), so a slow
+	// Elasticsearch never causes a redelivery.
 	AckWait time.Duration
 	// RetryMaxBackoff caps the redelivery delay of events Elasticsearch did
 	// not take: after an outage, indexing resumes within this delay.
@@ -87,7 +90,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.Workers, "workers", 4, "batches written to Elasticsearch in parallel")
 	fs.DurationVar(&c.FlushInterval, "flush-interval", 200*time.Millisecond, "how long a batch may wait to fill before it is written")
 	fs.BoolVar(&c.IndexTelemetry, "index-telemetry", true, "index telemetry as well as threats (threats are always indexed)")
-	fs.DurationVar(&c.AckWait, "ack-wait", 30*time.Second, "how long JetStream waits for an ack before redelivering (events in flight of a crashed indexer wait this long); at least 3 × elasticsearch-timeout")
+	fs.DurationVar(&c.AckWait, "ack-wait", 5*time.Second, "how long JetStream waits for an ack before redelivering: how long events in flight of a crashed indexer, or sent by a NATS node that died, wait (events being written get in-progress acks, however slow Elasticsearch is)")
 	fs.DurationVar(&c.RetryMaxBackoff, "retry-max-backoff", 30*time.Second, "cap of the delay before events Elasticsearch did not take are tried again")
 }
 
@@ -116,8 +119,8 @@ func (c *Config) Validate() error {
 	if c.FlushInterval < 0 {
 		errs = append(errs, errors.New("flush-interval must not be negative"))
 	}
-	if c.AckWait < 3*c.Elasticsearch.Timeout {
-		errs = append(errs, errors.New("ack-wait must be at least 3 × elasticsearch-timeout (a batch may take several requests)"))
+	if c.AckWait < time.Second {
+		errs = append(errs, errors.New("ack-wait must be at least 1s (in-progress acks are sent every third of it)"))
 	}
 	if c.RetryMaxBackoff < time.Second {
 		errs = append(errs, errors.New("retry-max-backoff must be at least 1s"))

@@ -33,21 +33,25 @@ func TestClusterLeaderKill(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			dups, worst, stall := runClusterLeaderKill(t, tc.n, tc.rate, tc.slackDelay)
-			t.Logf("%d high threats at %d/s, Slack answering in %v, leader of consumer, stream and ledger killed and restarted: %d duplicate posts, longest wait %v, longest time without a post %v",
-				tc.n, tc.rate, tc.slackDelay, dups, worst.Round(time.Millisecond), stall.Round(time.Millisecond))
+			dups, worst, stall, elected := runClusterLeaderKill(t, tc.n, tc.rate, tc.slackDelay)
+			t.Logf("%d high threats at %d/s, Slack answering in %v, leader of consumer, stream and ledger killed and restarted: %d duplicate posts, leaders elected %v after the kill, longest wait %v, longest time without a post %v",
+				tc.n, tc.rate, tc.slackDelay, dups, elected.Round(time.Millisecond), worst.Round(time.Millisecond), stall.Round(time.Millisecond))
 			require.Zero(t, dups, "duplicate posts")
-			// The target is under 10 s; the bound leaves room for a loaded
-			// machine.
-			require.Less(t, stall, slowdown*15*time.Second, "longest time without a post")
+			// Posts stop for the elections, then at most: a fetch's expiry
+			// (2 s), a threat the dying leader had sent, redelivered after
+			// the ack wait (5 s from its delivery, before the kill), and a
+			// post's claim retried (2 s deadline). The race detector slows
+			// each.
+			require.Less(t, stall, max(elected, 5*time.Second)+slowdown*5*time.Second, "longest time without a post")
 		})
 	}
 }
 
 // runClusterLeaderKill returns the duplicate posts, the longest time from a
 // threat's publish to its post (queueing included), and the longest time
-// between two posts (the stall).
-func runClusterLeaderKill(t *testing.T, n, rate int, slackDelay time.Duration) (dups int, worst, stall time.Duration) {
+// between two posts (the stall), and how long after the kill the stream,
+// the consumer and the ledger were led again.
+func runClusterLeaderKill(t *testing.T, n, rate int, slackDelay time.Duration) (dups int, worst, stall, elected time.Duration) {
 	c := natscluster.New(t)
 	nc, js := c.Connect(t)
 	sc := &scenario{tb: t, js: js, slack: slackstub.New(t), flags: map[string]string{
@@ -78,13 +82,19 @@ func runClusterLeaderKill(t *testing.T, n, rate int, slackDelay time.Duration) (
 	defer cancel()
 	es := distinct(n, event.SeverityHigh)
 	published := map[string]time.Time{}
+	var outage func(time.Duration) time.Duration
 	tick := time.NewTicker(time.Second / time.Duration(rate))
 	defer tick.Stop()
 	for i, e := range es {
 		<-tick.C
 		switch i {
 		case n / 3:
+			killed := time.Now()
 			c.Kill(leader)
+			outage = c.Outage(killed,
+				func() int { return c.StreamLeader(bus.StreamThreats) },
+				func() int { return c.ConsumerLeader(bus.StreamThreats, durable) },
+				func() int { return c.KVLeader(LedgerBucket) })
 		case 2 * n / 3:
 			c.Restart(leader)
 		}
@@ -108,5 +118,5 @@ func runClusterLeaderKill(t *testing.T, n, rate int, slackDelay time.Duration) (
 			}
 		}
 	}
-	return total - u, worst, maxGap(sc)
+	return total - u, worst, maxGap(sc), outage(time.Minute)
 }

@@ -68,6 +68,8 @@ type Config struct {
 	Prefix string
 	// OnRetry (may be nil) sees each failed try of opening the bucket.
 	OnRetry func(error)
+	// Now is the clock of the leases (nil: time.Now); tests set it.
+	Now func() time.Time
 }
 
 // State is what Claim found.
@@ -164,7 +166,11 @@ func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
 	}
 	var id [6]byte
 	_, _ = rand.Read(id[:])
-	return &Store{kv: kv, prefix: prefix, lease: cfg.Lease, owner: hex.EncodeToString(id[:]), now: time.Now}, nil
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	return &Store{kv: kv, prefix: prefix, lease: cfg.Lease, owner: hex.EncodeToString(id[:]), now: now}, nil
 }
 
 // Values stored under a key: "done <owner>-<n>", or "held <unix-ms>
@@ -172,9 +178,10 @@ func Open(ctx context.Context, js KeyValueManager, cfg Config) (*Store, error) {
 // ledger) counts as done.
 const valueDone = "done"
 
-func (s *Store) heldValue() []byte {
-	until := s.now().Add(s.lease).UnixMilli()
-	return []byte("held " + strconv.FormatInt(until, 10) + " " + s.owner + "-" + strconv.FormatUint(s.seq.Add(1), 10))
+// heldValue is a new claim's value, and when its lease ends.
+func (s *Store) heldValue() ([]byte, time.Time) {
+	until := s.now().Add(s.lease)
+	return []byte("held " + strconv.FormatInt(until.UnixMilli(), 10) + " " + s.owner + "-" + strconv.FormatUint(s.seq.Add(1), 10)), until
 }
 
 // attempt calls f with a context bounded by attemptTimeout, again after
@@ -227,10 +234,10 @@ func parse(v []byte) (held bool, until time.Time) {
 func (s *Store) Claim(ctx context.Context, key string) (Claim, error) {
 	k := s.prefix + Key(key)
 	for range 3 { // the key may expire or be released between two calls
-		v := s.heldValue()
+		v, until := s.heldValue()
 		rev, err := attempt(ctx, answered, func(ctx context.Context) (uint64, error) { return s.kv.Create(ctx, k, v) })
 		if err == nil {
-			return Claim{State: Won, Key: k, rev: rev}, nil
+			return s.won(ctx, k, rev, until)
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return Claim{}, fmt.Errorf("claiming %s: %w", k, err)
@@ -243,7 +250,7 @@ func (s *Store) Claim(ctx context.Context, key string) (Claim, error) {
 			return Claim{}, fmt.Errorf("reading claim %s: %w", k, err)
 		}
 		if string(e.Value()) == string(v) { // an attempt whose answer was lost landed
-			return Claim{State: Won, Key: k, rev: e.Revision()}, nil
+			return s.won(ctx, k, e.Revision(), until)
 		}
 		held, until := parse(e.Value())
 		if !held {
@@ -254,16 +261,37 @@ func (s *Store) Claim(ctx context.Context, key string) (Claim, error) {
 		}
 		// The holder's lease ran out (it died or hung): take the claim over,
 		// unless someone else did so first.
-		v = s.heldValue()
+		v, until = s.heldValue()
 		rev, err = s.update(ctx, k, v, e.Revision())
 		if err == nil {
-			return Claim{State: Won, Key: k, rev: rev}, nil
+			return s.won(ctx, k, rev, until)
 		}
 		if !isWrongRevision(err) {
 			return Claim{}, fmt.Errorf("taking over claim %s: %w", k, err)
 		}
 	}
 	return Claim{State: Held, Key: k, Until: s.now().Add(s.lease)}, nil
+}
+
+// won returns the won claim at revision rev, whose lease ends at until.
+// The lease was set before the write, and the write's retries (a leader
+// change, a slow cluster) may have used most of it: then another worker
+// could take the claim over while the effect runs. So a claim with less
+// than half its lease left is renewed first; if it was taken over
+// meanwhile (its lease ran out), it is Held, and the effect is not done.
+func (s *Store) won(ctx context.Context, k string, rev uint64, until time.Time) (Claim, error) {
+	if until.Sub(s.now()) >= s.lease/2 {
+		return Claim{State: Won, Key: k, rev: rev}, nil
+	}
+	v, until := s.heldValue()
+	n, err := s.update(ctx, k, v, rev)
+	switch {
+	case err == nil:
+		return Claim{State: Won, Key: k, rev: n}, nil
+	case isWrongRevision(err):
+		return Claim{State: Held, Key: k, Until: until}, nil
+	}
+	return Claim{}, fmt.Errorf("renewing claim %s won late: %w", k, err)
 }
 
 // update writes v over revision rev of k, retrying unanswered writes; a
@@ -282,7 +310,8 @@ func (s *Store) update(ctx context.Context, k string, v []byte, rev uint64) (uin
 // Extend renews a won claim's lease, for an effect that takes longer than
 // expected (a held destination). It fails when the claim was taken over.
 func (s *Store) Extend(ctx context.Context, c *Claim) error {
-	rev, err := s.update(ctx, c.Key, s.heldValue(), c.rev)
+	v, _ := s.heldValue()
+	rev, err := s.update(ctx, c.Key, v, c.rev)
 	if err != nil {
 		return fmt.Errorf("extending claim %s: %w", c.Key, err)
 	}

@@ -84,6 +84,57 @@ func TestExtend(t *testing.T) {
 	require.NoError(t, s.Done(ctx, c))
 }
 
+// A claim won after its write's retries used most of the lease (a slow
+// cluster, a leader change) is renewed before Claim returns: the effect
+// starts with at least half a lease, so nobody takes it over meanwhile.
+// The store's clock jumps 0.6 lease between setting the lease and winning.
+func TestClaimWonLateIsRenewed(t *testing.T) {
+	t.Parallel()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	ctx := t.Context()
+	const lease = time.Minute
+	var mu sync.Mutex
+	clock := time.Now()
+	late, err := claim.Open(ctx, js, claim.Config{Bucket: "claims", TTL: time.Hour, Replicas: 1, Lease: lease, Now: func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		clock = clock.Add(lease * 6 / 10)
+		return clock
+	}})
+	require.NoError(t, err)
+	kv, err := js.KeyValue(ctx, "claims")
+	require.NoError(t, err)
+	// writes is how many writes the bucket has stored: a key's revision is
+	// the sequence of its last write in the bucket's stream.
+	writes := func() uint64 {
+		st, err := kv.Status(ctx)
+		require.NoError(t, err)
+		return st.(*jetstream.KeyValueBucketStatus).StreamInfo().State.LastSeq
+	}
+
+	before := writes()
+	c, err := late.Claim(ctx, "slow")
+	require.NoError(t, err)
+	require.Equal(t, claim.Won, c.State)
+	e, err := kv.Get(ctx, "slow")
+	require.NoError(t, err)
+	require.Equal(t, before+2, e.Revision(), "created, then renewed")
+	other := open(t, js, lease)
+	held, err := other.Claim(ctx, "slow")
+	require.NoError(t, err)
+	require.Equal(t, claim.Held, held.State)
+	require.NoError(t, late.Done(ctx, c), "the renewed claim is the one marked done")
+
+	// Won in time: not renewed.
+	before = writes()
+	c, err = other.Claim(ctx, "fast")
+	require.NoError(t, err)
+	require.Equal(t, claim.Won, c.State)
+	e, err = kv.Get(ctx, "fast")
+	require.NoError(t, err)
+	require.Equal(t, before+1, e.Revision(), "created only")
+}
+
 func TestOneWinnerAmongMany(t *testing.T) {
 	t.Parallel()
 	_, js := natstest.Connect(t, natstest.Server(t))

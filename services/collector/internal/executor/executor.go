@@ -122,7 +122,7 @@ type claimer interface {
 // after a back-off. A NATS leader change delays a claim, it does not lose it
 // or let a second attempt act. A collector that dies between acting and
 // marking the claim done leaves the claim held until its lease (twice the
-// ack wait) runs out; the next delivery then acts again, and every action is
+// longest action) runs out; the next delivery then acts again, and every action is
 // idempotent on the engine's side (pausing a paused container is done
 // without a call), so that acts at most once in effect.
 type Executor struct {
@@ -219,21 +219,25 @@ func (r *Executor) Run(ctx context.Context) error {
 		Durable:        r.Durable(),
 		FilterSubjects: []string{subject.ActionRequestsFor(r.host)},
 		BatchSize:      1,
-		AckWait:        r.ackWait(),
 		MaxDeliver:     10,
+		// AckWait: pkg/bus's default (5 s). The consumer acks a request in
+		// progress while it is acted on, so the ack wait is only how long
+		// a request the dying consumer leader had sent waits to be sent
+		// again; the claim, not the ack wait, keeps a second attempt from
+		// acting beside the first.
 	}, bus.Each(r.handle), r.cm, r.log)
 	return c.Run(ctx)
 }
 
-// ackWait is the consumer's ack wait: the longest an action takes (a stop's
-// grace period and two engine calls).
-func (r *Executor) ackWait() time.Duration { return r.cfg.StopTimeout + 2*source.CallTimeout }
+// actionTime is the longest an action takes: a stop's grace period and two
+// engine calls.
+func (r *Executor) actionTime() time.Duration { return r.cfg.StopTimeout + 2*source.CallTimeout }
 
-// lease is the claim's lease. It exceeds the ack wait, so that a request
-// redelivered after the ack wait (its in-progress acks went to a consumer
-// leader that died) finds the claim held while the first attempt may still
-// be acting, and then waits rather than acting beside it.
-func (r *Executor) lease() time.Duration { return 2 * r.ackWait() }
+// lease is the claim's lease, twice the longest action: a request
+// redelivered while the first attempt still acts (its in-progress acks went
+// to a consumer leader that died) finds the claim held and waits rather than
+// acting beside it.
+func (r *Executor) lease() time.Duration { return 2 * r.actionTime() }
 
 // openClaims opens the done bucket, creating it when missing, retrying until
 // NATS answers (pkg/claim, pkg/bus OpenKeyValue). Its keys expire with the

@@ -78,7 +78,8 @@ func (l *Monitor) tail(ctx context.Context, ctr *source.Container, b *logBatcher
 	}
 	// Every reader looks at the same instants (source.UntilTick): one
 	// wake-up of the collector per period for all idle containers.
-	tick := time.NewTimer(source.UntilTick(time.Now(), every))
+	phase := source.HostPhase(l.host, every)
+	tick := time.NewTimer(source.UntilTick(time.Now(), every, phase))
 	defer tick.Stop()
 	for {
 		t.drain()
@@ -88,7 +89,7 @@ func (l *Monitor) tail(ctx context.Context, ctr *source.Container, b *logBatcher
 			return nil
 		case <-wake:
 		case <-tick.C:
-			tick.Reset(source.UntilTick(time.Now(), every))
+			tick.Reset(source.UntilTick(time.Now(), every, phase))
 		}
 	}
 }

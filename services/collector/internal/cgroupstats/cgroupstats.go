@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // Version is a cgroup hierarchy layout.
@@ -59,6 +60,12 @@ type Reader struct {
 	procRoot   string
 	cgroupRoot string
 	version    Version
+	// held counts the descriptors located containers hold, at most
+	// maxHeld (half the process's descriptor limit): past it a counter is
+	// opened at each read, so that resource samples never take the
+	// descriptors log files, sockets and NATS need.
+	held    atomic.Int64
+	maxHeld int64
 }
 
 // New is a Reader of the cgroup hierarchy mounted at cgroupRoot (usually
@@ -76,6 +83,7 @@ func New(procRoot, cgroupRoot string) (*Reader, error) {
 	default:
 		return nil, fmt.Errorf("no cgroup v1 or v2 hierarchy at %s", cgroupRoot)
 	}
+	r.maxHeld = descriptorLimit() / 2
 	return r, nil
 }
 
@@ -87,6 +95,7 @@ func (r *Reader) Version() Version { return r.version }
 // Container is a located container: the files its samples read, held
 // open until Close. Read of one Container must not run concurrently.
 type Container struct {
+	r  *Reader
 	v2 bool
 	// Required: a sample without them fails.
 	cpuUsage, memUsage *counter
@@ -99,7 +108,9 @@ type Container struct {
 // Close releases the container's files.
 func (c *Container) Close() error {
 	for _, f := range c.counters() {
-		f.close()
+		if f != nil && f.close() {
+			c.r.held.Add(-1)
+		}
 	}
 	return nil
 }
@@ -184,7 +195,7 @@ func (r *Reader) Locate(pid int, containerID string) (*Container, error) {
 			{dirs["blkio"], "blkio.throttle.io_service_bytes_recursive", false},
 		}
 	}
-	c := &Container{v2: r.version == V2, buf: make([]byte, 4<<10)}
+	c := &Container{r: r, v2: r.version == V2, buf: make([]byte, 4<<10)}
 	dst := map[string]**counter{
 		"cpu.stat": &c.cpuUsage, "memory.current": &c.memUsage, "memory.stat": &c.memStat, "memory.max": &c.memLimit,
 		"cpu.max": &c.cpuMax, "pids.current": &c.pids, "io.stat": &c.io,
@@ -198,7 +209,7 @@ func (r *Reader) Locate(pid int, containerID string) (*Container, error) {
 	}
 	for _, f := range files {
 		path := filepath.Join(f.dir, f.name)
-		h, err := openCounter(path)
+		h, err := r.openCounter(path)
 		if err == nil && h == nil && f.required {
 			err = fmt.Errorf("%s: %w", path, fs.ErrNotExist)
 		}
@@ -208,14 +219,14 @@ func (r *Reader) Locate(pid int, containerID string) (*Container, error) {
 		*dst[f.name] = h
 	}
 	if c.io == nil && blkio != "" { // a kernel without the recursive file
-		if c.io, err = openCounter(filepath.Join(blkio, "blkio.throttle.io_service_bytes")); err != nil {
+		if c.io, err = r.openCounter(filepath.Join(blkio, "blkio.throttle.io_service_bytes")); err != nil {
 			return fail(fmt.Errorf("pid %d: reading its cgroup: %w", pid, err))
 		}
 	}
 	own, err1 := os.Readlink(filepath.Join(proc, "ns", "net"))
 	host, err2 := os.Readlink(filepath.Join(r.procRoot, "1", "ns", "net"))
 	if !(err1 == nil && err2 == nil && own == host) {
-		if c.netDev, err = openCounter(filepath.Join(proc, "net", "dev")); err != nil {
+		if c.netDev, err = r.openCounter(filepath.Join(proc, "net", "dev")); err != nil {
 			c.netDev = nil // optional, as a read failure is
 		}
 	}

@@ -3,6 +3,7 @@ package cgroupstats
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -98,6 +99,32 @@ func TestReadSeesEachSampleAndFailsOnABrokenCounter(t *testing.T) {
 			require.NoError(t, os.RemoveAll(filepath.Dir(filepath.Join(cg, mem))))
 			_, err = r.Locate(4242, id)
 			require.Error(t, err, "found, but not readable")
+		})
+	}
+}
+
+// Located containers hold at most the Reader's budget of descriptors; past
+// it their counters are read by path, with the same results.
+func TestDescriptorBudget(t *testing.T) {
+	t.Parallel()
+	for _, budget := range []int64{0, 3, 1000} {
+		t.Run(strconv.FormatInt(budget, 10), func(t *testing.T) {
+			t.Parallel()
+			root, id := tree(t, "v1")
+			r, err := New(filepath.Join(root, "proc"), filepath.Join(root, "sys/fs/cgroup"))
+			require.NoError(t, err)
+			require.Positive(t, r.maxHeld, "half the process's limit")
+			r.maxHeld = budget
+			c, err := r.Locate(4242, id)
+			require.NoError(t, err)
+			require.Equal(t, min(budget, 9), r.held.Load(), "8 cgroup files and net/dev")
+			require.NoError(t, os.WriteFile(filepath.Join(root, "sys/fs/cgroup/memory/docker", id, "memory.usage_in_bytes"), []byte("7\n"), 0o644))
+			got, err := r.Read(c)
+			require.NoError(t, err)
+			require.Equal(t, uint64(7), got.MemoryUsage)
+			require.Equal(t, 0.5, got.CPULimitCores)
+			require.NoError(t, c.Close())
+			require.Zero(t, r.held.Load())
 		})
 	}
 }

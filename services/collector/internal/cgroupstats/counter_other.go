@@ -12,7 +12,7 @@ import (
 // pread it is read by path each time.
 type counter struct{ path string }
 
-func openCounter(path string) (*counter, error) {
+func (r *Reader) openCounter(path string) (*counter, error) {
 	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	} else if err != nil {
@@ -29,4 +29,6 @@ func (f *counter) read(buf *[]byte) ([]byte, error) {
 	return data, err
 }
 
-func (f *counter) close() {}
+func (f *counter) close() bool { return false }
+
+func descriptorLimit() int64 { return 0 }

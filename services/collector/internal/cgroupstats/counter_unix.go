@@ -19,13 +19,18 @@ type counter struct {
 	fd   int // -1: not held (no descriptor was left when located): opened at each read
 }
 
-// openCounter holds path open; nil when it does not exist. Out of
-// descriptors (EMFILE, ENFILE), the counter is read by path each time
-// rather than lost.
-func openCounter(path string) (*counter, error) {
+// openCounter holds path open; nil when it does not exist. Past the
+// Reader's budget of descriptors, or out of them (EMFILE, ENFILE), the
+// counter is read by path each time rather than lost.
+func (r *Reader) openCounter(path string) (*counter, error) {
 	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	switch {
 	case err == nil:
+		if r.held.Add(1) > r.maxHeld {
+			r.held.Add(-1)
+			syscall.Close(fd)
+			return &counter{path: path, fd: -1}, nil
+		}
 		return &counter{path: path, fd: fd}, nil
 	case errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE):
 		return &counter{path: path, fd: -1}, nil
@@ -34,6 +39,16 @@ func openCounter(path string) (*counter, error) {
 	default:
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
+}
+
+// descriptorLimit is the process's soft limit of open files (Go raises it
+// to the hard limit at start); 0 when unknown.
+func descriptorLimit() int64 {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return 0
+	}
+	return int64(min(l.Cur, 1<<30)) // RLIM_INFINITY is all ones
 }
 
 // read reads the whole file into buf (grown as needed, up to
@@ -71,9 +86,12 @@ func (f *counter) read(buf *[]byte) ([]byte, error) {
 	}
 }
 
-func (f *counter) close() {
-	if f != nil && f.fd >= 0 {
-		syscall.Close(f.fd)
-		f.fd = -1
+// close releases f's descriptor; true when it held one.
+func (f *counter) close() bool {
+	if f.fd < 0 {
+		return false
 	}
+	syscall.Close(f.fd)
+	f.fd = -1
+	return true
 }

@@ -13,11 +13,13 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"iter"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 )
 
 // Version is a cgroup hierarchy layout.
@@ -58,6 +60,12 @@ type Reader struct {
 	procRoot   string
 	cgroupRoot string
 	version    Version
+	// held counts the descriptors located containers hold, at most
+	// maxHeld (half the process's descriptor limit): past it a counter is
+	// opened at each read, so that resource samples never take the
+	// descriptors log files, sockets and NATS need.
+	held    atomic.Int64
+	maxHeld int64
 }
 
 // New is a Reader of the cgroup hierarchy mounted at cgroupRoot (usually
@@ -75,6 +83,7 @@ func New(procRoot, cgroupRoot string) (*Reader, error) {
 	default:
 		return nil, fmt.Errorf("no cgroup v1 or v2 hierarchy at %s", cgroupRoot)
 	}
+	r.maxHeld = descriptorLimit() / 2
 	return r, nil
 }
 
@@ -83,19 +92,46 @@ func exists(path string) bool { _, err := os.Stat(path); return err == nil }
 // Version is the layout New found.
 func (r *Reader) Version() Version { return r.version }
 
-// Container is a located container: its cgroup directories and its network
-// namespace.
+// Container is a located container: the files its samples read, held
+// open until Close. Read of one Container must not run concurrently.
 type Container struct {
-	v2                                string // the unified directory (v2)
-	cpuacct, cpu, memory, pids, blkio string // per-controller directories (v1)
-	netDev                            string // /proc/<pid>/net/dev
-	hostNetwork                       bool   // shares the host's network namespace: no counters of its own
+	r  *Reader
+	v2 bool
+	// Required: a sample without them fails.
+	cpuUsage, memUsage *counter
+	// Optional: zero when absent (nil) or unreadable.
+	memStat, memLimit, cpuQuota, cpuPeriod, cpuMax, pids, io *counter
+	netDev                                                   *counter // nil: shares the host's network namespace, no counters of its own
+	buf                                                      []byte
 }
 
+// Close releases the container's files.
+func (c *Container) Close() error {
+	for _, f := range c.counters() {
+		if f != nil && f.close() {
+			c.r.held.Add(-1)
+		}
+	}
+	return nil
+}
+
+func (c *Container) counters() []*counter {
+	return []*counter{c.cpuUsage, c.memUsage, c.memStat, c.memLimit, c.cpuQuota, c.cpuPeriod, c.cpuMax, c.pids, c.io, c.netDev}
+}
+
+// maxCounterFile bounds one file a sample reads; the longest real one
+// (v1 memory.stat, or net/dev of a namespace with many interfaces) is a
+// few KiB.
+const maxCounterFile = 1 << 20
+
+var errCounterTooLong = errors.New("longer than 1 MiB")
+
 // Locate finds the cgroup of the container whose first process is pid from
-// /proc/<pid>/cgroup, and reads it once. The cgroup path must contain containerID (Docker's
-// cgroupfs /docker/<id> and systemd docker-<id>.scope both do): this guards
-// against a reused pid and against a pid of another host (a remote engine).
+// /proc/<pid>/cgroup, opens the files its samples read, and reads them once.
+// The cgroup path must contain containerID (Docker's cgroupfs /docker/<id>
+// and systemd docker-<id>.scope both do): this guards against a reused pid
+// and against a pid of another host (a remote engine). The caller closes the
+// Container.
 func (r *Reader) Locate(pid int, containerID string) (*Container, error) {
 	if pid <= 0 {
 		return nil, errors.New("no init pid")
@@ -122,144 +158,205 @@ func (r *Reader) Locate(pid int, containerID string) (*Container, error) {
 		}
 		return filepath.Clean("/" + p), nil
 	}
-	c := &Container{netDev: filepath.Join(proc, "net", "dev")}
+	type file struct {
+		dir, name string
+		required  bool
+	}
+	var files []file
+	blkio := "" // v1
 	if r.version == V2 {
 		d, err := dir("")
 		if err != nil {
 			return nil, err
 		}
-		c.v2 = filepath.Join(r.cgroupRoot, d)
+		d = filepath.Join(r.cgroupRoot, d)
+		files = []file{
+			{d, "cpu.stat", true}, {d, "memory.current", true}, {d, "memory.stat", false},
+			{d, "memory.max", false}, {d, "cpu.max", false}, {d, "pids.current", false}, {d, "io.stat", false},
+		}
 	} else {
-		for _, x := range []struct {
-			name string
-			dst  *string
-		}{{"cpuacct", &c.cpuacct}, {"cpu", &c.cpu}, {"memory", &c.memory}, {"pids", &c.pids}, {"blkio", &c.blkio}} {
-			d, err := dir(x.name)
+		dirs := map[string]string{}
+		for _, ctrl := range []string{"cpuacct", "cpu", "memory", "pids", "blkio"} {
+			d, err := dir(ctrl)
 			if err != nil {
 				return nil, err
 			}
 			// A controller co-mounted with others (cpu,cpuacct) lives in
 			// <root>/cpu,cpuacct, with symlinks cpu and cpuacct to it.
-			*x.dst = filepath.Join(r.cgroupRoot, x.name, d)
+			dirs[ctrl] = filepath.Join(r.cgroupRoot, ctrl, d)
+		}
+		blkio = dirs["blkio"]
+		files = []file{
+			{dirs["cpuacct"], "cpuacct.usage", true}, {dirs["memory"], "memory.usage_in_bytes", true},
+			{dirs["memory"], "memory.stat", false}, {dirs["memory"], "memory.limit_in_bytes", false},
+			{dirs["cpu"], "cpu.cfs_quota_us", false}, {dirs["cpu"], "cpu.cfs_period_us", false},
+			{dirs["pids"], "pids.current", false},
+			// The recursive file includes child cgroups, as docker stats reports.
+			{dirs["blkio"], "blkio.throttle.io_service_bytes_recursive", false},
+		}
+	}
+	c := &Container{r: r, v2: r.version == V2, buf: make([]byte, 4<<10)}
+	dst := map[string]**counter{
+		"cpu.stat": &c.cpuUsage, "memory.current": &c.memUsage, "memory.stat": &c.memStat, "memory.max": &c.memLimit,
+		"cpu.max": &c.cpuMax, "pids.current": &c.pids, "io.stat": &c.io,
+		"cpuacct.usage": &c.cpuUsage, "memory.usage_in_bytes": &c.memUsage, "memory.limit_in_bytes": &c.memLimit,
+		"cpu.cfs_quota_us": &c.cpuQuota, "cpu.cfs_period_us": &c.cpuPeriod,
+		"blkio.throttle.io_service_bytes_recursive": &c.io,
+	}
+	fail := func(err error) (*Container, error) {
+		c.Close()
+		return nil, err
+	}
+	for _, f := range files {
+		path := filepath.Join(f.dir, f.name)
+		h, err := r.openCounter(path)
+		if err == nil && h == nil && f.required {
+			err = fmt.Errorf("%s: %w", path, fs.ErrNotExist)
+		}
+		if err != nil {
+			return fail(fmt.Errorf("pid %d: reading its cgroup: %w", pid, err))
+		}
+		*dst[f.name] = h
+	}
+	if c.io == nil && blkio != "" { // a kernel without the recursive file
+		if c.io, err = r.openCounter(filepath.Join(blkio, "blkio.throttle.io_service_bytes")); err != nil {
+			return fail(fmt.Errorf("pid %d: reading its cgroup: %w", pid, err))
 		}
 	}
 	own, err1 := os.Readlink(filepath.Join(proc, "ns", "net"))
 	host, err2 := os.Readlink(filepath.Join(r.procRoot, "1", "ns", "net"))
-	c.hostNetwork = err1 == nil && err2 == nil && own == host
+	if !(err1 == nil && err2 == nil && own == host) {
+		if c.netDev, err = r.openCounter(filepath.Join(proc, "net", "dev")); err != nil {
+			c.netDev = nil // optional, as a read failure is
+		}
+	}
 	if _, err := r.Read(c); err != nil { // e.g. the hierarchy is not the host's
-		return nil, fmt.Errorf("pid %d: reading its cgroup: %w", pid, err)
+		return fail(fmt.Errorf("pid %d: reading its cgroup: %w", pid, err))
 	}
 	return c, nil
 }
 
 // Read reads c's counters. It fails when a required counter (CPU usage,
-// memory usage) cannot be read, e.g. once the container has stopped.
+// memory usage) cannot be read, e.g. once the container has stopped (a
+// removed cgroup's open files fail with ENODEV).
 func (r *Reader) Read(c *Container) (Sample, error) {
 	var s Sample
 	var err error
-	if r.version == V2 {
-		err = readV2(c.v2, &s)
+	if c.v2 {
+		err = c.readV2(&s)
 	} else {
-		err = readV1(c, &s)
+		err = c.readV1(&s)
 	}
 	if err != nil {
 		return Sample{}, err
 	}
-	if !c.hostNetwork {
-		if data, err := os.ReadFile(c.netDev); err == nil {
-			s.Net = ParseNetDev(data)
-		}
+	if data, ok := c.optional(c.netDev); ok {
+		s.Net = ParseNetDev(data)
 	}
 	return s, nil
 }
 
-func readV2(dir string, s *Sample) error {
-	data, err := os.ReadFile(filepath.Join(dir, "cpu.stat"))
+// optional is f's content; false when f is absent or unreadable.
+func (c *Container) optional(f *counter) ([]byte, bool) {
+	if f == nil {
+		return nil, false
+	}
+	data, err := f.read(&c.buf)
+	return data, err == nil
+}
+
+func (c *Container) readV2(s *Sample) error {
+	data, err := c.cpuUsage.read(&c.buf)
 	if err != nil {
 		return err
 	}
 	usec, ok := KeyedValue(data, "usage_usec")
 	if !ok {
-		return fmt.Errorf("%s/cpu.stat: no usage_usec", dir)
+		return fmt.Errorf("%s: no usage_usec", c.cpuUsage.path)
 	}
 	s.CPUUsageNanos = usec * 1000
-	if s.MemoryUsage, err = readUint(filepath.Join(dir, "memory.current")); err != nil {
+	if s.MemoryUsage, err = c.uint(c.memUsage); err != nil {
 		return err
 	}
-	if data, err := os.ReadFile(filepath.Join(dir, "memory.stat")); err == nil {
+	if data, ok := c.optional(c.memStat); ok {
 		s.InactiveFile, _ = KeyedValue(data, "inactive_file")
 	}
-	s.MemoryLimit, _ = readUint(filepath.Join(dir, "memory.max")) // "max": 0
-	if data, err := os.ReadFile(filepath.Join(dir, "cpu.max")); err == nil {
+	if c.memLimit != nil {
+		s.MemoryLimit, _ = c.uint(c.memLimit) // "max": 0
+	}
+	if data, ok := c.optional(c.cpuMax); ok {
 		s.CPULimitCores = ParseCPUMax(data)
 	}
-	s.PIDs, _ = readUint(filepath.Join(dir, "pids.current"))
-	if data, err := os.ReadFile(filepath.Join(dir, "io.stat")); err == nil {
+	if c.pids != nil {
+		s.PIDs, _ = c.uint(c.pids)
+	}
+	if data, ok := c.optional(c.io); ok {
 		s.ReadBytes, s.WriteBytes = ParseIOStat(data)
 	}
 	return nil
 }
 
-func readV1(c *Container, s *Sample) error {
+func (c *Container) readV1(s *Sample) error {
 	var err error
-	if s.CPUUsageNanos, err = readUint(filepath.Join(c.cpuacct, "cpuacct.usage")); err != nil {
+	if s.CPUUsageNanos, err = c.uint(c.cpuUsage); err != nil {
 		return err
 	}
-	if s.MemoryUsage, err = readUint(filepath.Join(c.memory, "memory.usage_in_bytes")); err != nil {
+	if s.MemoryUsage, err = c.uint(c.memUsage); err != nil {
 		return err
 	}
-	if data, err := os.ReadFile(filepath.Join(c.memory, "memory.stat")); err == nil {
+	if data, ok := c.optional(c.memStat); ok {
 		s.InactiveFile, _ = KeyedValue(data, "total_inactive_file")
 	}
 	// An unlimited v1 cgroup reports a huge page-aligned number; a limit
 	// above 2^62 is treated as none.
-	if l, err := readUint(filepath.Join(c.memory, "memory.limit_in_bytes")); err == nil && l < 1<<62 {
-		s.MemoryLimit = l
+	if c.memLimit != nil {
+		if l, err := c.uint(c.memLimit); err == nil && l < 1<<62 {
+			s.MemoryLimit = l
+		}
 	}
-	quota, qerr := readInt(filepath.Join(c.cpu, "cpu.cfs_quota_us"))
-	period, perr := readInt(filepath.Join(c.cpu, "cpu.cfs_period_us"))
-	if qerr == nil && perr == nil && quota > 0 && period > 0 {
-		s.CPULimitCores = float64(quota) / float64(period)
+	if c.cpuQuota != nil && c.cpuPeriod != nil {
+		quota, qerr := c.int(c.cpuQuota)
+		period, perr := c.int(c.cpuPeriod)
+		if qerr == nil && perr == nil && quota > 0 && period > 0 {
+			s.CPULimitCores = float64(quota) / float64(period)
+		}
 	}
-	s.PIDs, _ = readUint(filepath.Join(c.pids, "pids.current"))
-	// The recursive file includes child cgroups, as docker stats reports.
-	data, err := os.ReadFile(filepath.Join(c.blkio, "blkio.throttle.io_service_bytes_recursive"))
-	if err != nil {
-		data, err = os.ReadFile(filepath.Join(c.blkio, "blkio.throttle.io_service_bytes"))
+	if c.pids != nil {
+		s.PIDs, _ = c.uint(c.pids)
 	}
-	if err == nil {
+	if data, ok := c.optional(c.io); ok {
 		s.ReadBytes, s.WriteBytes = ParseBlkio(data)
 	}
 	return nil
 }
 
-// readUint reads a file holding one unsigned number; "max" reads as 0.
-func readUint(path string) (uint64, error) {
-	data, err := os.ReadFile(path)
+// uint reads a file holding one unsigned number; "max" reads as 0.
+func (c *Container) uint(f *counter) (uint64, error) {
+	data, err := f.read(&c.buf)
 	if err != nil {
 		return 0, err
 	}
-	f := string(bytes.TrimSpace(data))
-	if f == "max" {
+	v := bytes.TrimSpace(data)
+	if string(v) == "max" {
 		return 0, nil
 	}
-	v, err := strconv.ParseUint(f, 10, 64)
+	n, err := strconv.ParseUint(string(v), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		return 0, fmt.Errorf("%s: %w", f.path, err)
 	}
-	return v, nil
+	return n, nil
 }
 
-func readInt(path string) (int64, error) {
-	data, err := os.ReadFile(path)
+func (c *Container) int(f *counter) (int64, error) {
+	data, err := f.read(&c.buf)
 	if err != nil {
 		return 0, err
 	}
-	v, err := strconv.ParseInt(string(bytes.TrimSpace(data)), 10, 64)
+	n, err := strconv.ParseInt(string(bytes.TrimSpace(data)), 10, 64)
 	if err != nil {
-		return 0, fmt.Errorf("%s: %w", path, err)
+		return 0, fmt.Errorf("%s: %w", f.path, err)
 	}
-	return v, nil
+	return n, nil
 }
 
 // ParseProcCgroup parses /proc/<pid>/cgroup ("hierarchy-id:controllers:path"

@@ -3,6 +3,7 @@ package cgroupstats
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -45,6 +46,7 @@ func TestReadRecordedTrees(t *testing.T) {
 			require.Equal(t, tt.version, r.Version())
 			c, err := r.Locate(4242, id)
 			require.NoError(t, err)
+			t.Cleanup(func() { c.Close() })
 			got, err := r.Read(c)
 			require.NoError(t, err)
 			require.Equal(t, tt.want, got)
@@ -61,18 +63,70 @@ func TestReadRecordedTrees(t *testing.T) {
 	}
 }
 
-func TestReadFailsOnceTheCgroupIsGone(t *testing.T) {
+// A located container's files are held open and read again at each sample:
+// a counter rewritten in place is seen, a required counter that breaks
+// fails the sample, and a tree that is gone cannot be located. (On cgroupfs
+// a removed cgroup's open files fail with ENODEV: TestReadRealCgroup.)
+func TestReadSeesEachSampleAndFailsOnABrokenCounter(t *testing.T) {
 	t.Parallel()
-	root, id := tree(t, "v2")
-	r, err := New(filepath.Join(root, "proc"), filepath.Join(root, "sys/fs/cgroup"))
-	require.NoError(t, err)
-	c, err := r.Locate(4242, id)
-	require.NoError(t, err)
-	require.NoError(t, os.RemoveAll(filepath.Join(root, "sys/fs/cgroup/system.slice")))
-	_, err = r.Read(c)
-	require.Error(t, err)
-	_, err = r.Locate(4242, id)
-	require.Error(t, err, "found, but not readable")
+	for _, v := range []string{"v1", "v2"} {
+		t.Run(v, func(t *testing.T) {
+			t.Parallel()
+			root, id := tree(t, v)
+			r, err := New(filepath.Join(root, "proc"), filepath.Join(root, "sys/fs/cgroup"))
+			require.NoError(t, err)
+			c, err := r.Locate(4242, id)
+			require.NoError(t, err)
+			t.Cleanup(func() { c.Close() })
+			before, err := r.Read(c)
+			require.NoError(t, err)
+
+			cpu, mem := "cpuacct/docker/"+id+"/cpuacct.usage", "memory/docker/"+id+"/memory.usage_in_bytes"
+			if v == "v2" {
+				cpu, mem = "system.slice/docker-"+id+".scope/cpu.stat", "system.slice/docker-"+id+".scope/memory.current"
+			}
+			cg := filepath.Join(root, "sys/fs/cgroup")
+			require.NoError(t, os.WriteFile(filepath.Join(cg, mem), []byte("7\n"), 0o644)) // in place: same file
+			got, err := r.Read(c)
+			require.NoError(t, err)
+			require.Equal(t, uint64(7), got.MemoryUsage)
+			require.Equal(t, before.CPUUsageNanos, got.CPUUsageNanos)
+
+			require.NoError(t, os.WriteFile(filepath.Join(cg, cpu), []byte("garbage\n"), 0o644))
+			_, err = r.Read(c)
+			require.Error(t, err)
+
+			require.NoError(t, os.RemoveAll(filepath.Dir(filepath.Join(cg, mem))))
+			_, err = r.Locate(4242, id)
+			require.Error(t, err, "found, but not readable")
+		})
+	}
+}
+
+// Located containers hold at most the Reader's budget of descriptors; past
+// it their counters are read by path, with the same results.
+func TestDescriptorBudget(t *testing.T) {
+	t.Parallel()
+	for _, budget := range []int64{0, 3, 1000} {
+		t.Run(strconv.FormatInt(budget, 10), func(t *testing.T) {
+			t.Parallel()
+			root, id := tree(t, "v1")
+			r, err := New(filepath.Join(root, "proc"), filepath.Join(root, "sys/fs/cgroup"))
+			require.NoError(t, err)
+			require.Positive(t, r.maxHeld, "half the process's limit")
+			r.maxHeld = budget
+			c, err := r.Locate(4242, id)
+			require.NoError(t, err)
+			require.Equal(t, min(budget, 9), r.held.Load(), "8 cgroup files and net/dev")
+			require.NoError(t, os.WriteFile(filepath.Join(root, "sys/fs/cgroup/memory/docker", id, "memory.usage_in_bytes"), []byte("7\n"), 0o644))
+			got, err := r.Read(c)
+			require.NoError(t, err)
+			require.Equal(t, uint64(7), got.MemoryUsage)
+			require.Equal(t, 0.5, got.CPULimitCores)
+			require.NoError(t, c.Close())
+			require.Zero(t, r.held.Load())
+		})
+	}
 }
 
 func TestUnlimitedV2AndHostNetwork(t *testing.T) {
@@ -89,6 +143,7 @@ func TestUnlimitedV2AndHostNetwork(t *testing.T) {
 	require.NoError(t, err)
 	c, err := r.Locate(4242, id)
 	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
 	got, err := r.Read(c)
 	require.NoError(t, err)
 	require.Zero(t, got.CPULimitCores)
@@ -152,6 +207,7 @@ func BenchmarkReadV1(b *testing.B) {
 	require.NoError(b, err)
 	c, err := r.Locate(4242, strings.TrimSpace(string(id)))
 	require.NoError(b, err)
+	b.Cleanup(func() { c.Close() })
 	for b.Loop() {
 		if _, err := r.Read(c); err != nil {
 			b.Fatal(err)

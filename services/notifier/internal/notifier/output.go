@@ -174,17 +174,33 @@ func (o *output) handleBatch(ctx context.Context, batch jetstream.MessageBatch, 
 	held := map[jetstream.Msg]bool{}
 	queue := make(chan jetstream.Msg, 256)
 	stop := make(chan struct{})
+	first := make(chan struct{}) // closed with the first message held
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		defer close(queue)
 		for m := range batch.Messages() {
 			mu.Lock()
+			if len(held) == 0 && first != nil {
+				close(first)
+				first = nil
+			}
 			held[m] = true
 			mu.Unlock()
 			queue <- m
 		}
 	})
 	wg.Go(func() {
+		// No ticker until a message is held: an idle pull wakes nothing.
+		mu.Lock()
+		wait := first
+		mu.Unlock()
+		if wait != nil {
+			select {
+			case <-stop:
+				return
+			case <-wait:
+			}
+		}
 		t := time.NewTicker(max(o.cfg.AckWait/3, 100*time.Millisecond))
 		defer t.Stop()
 		for {

@@ -76,7 +76,10 @@ func (l *Monitor) tail(ctx context.Context, ctr *source.Container, b *logBatcher
 			defer cancel()
 		}
 	}
-	tick := time.NewTicker(every)
+	// Every reader looks at the same instants (source.UntilTick): one
+	// wake-up of the collector per period for all idle containers.
+	phase := source.HostPhase(l.host, every)
+	tick := time.NewTimer(source.UntilTick(time.Now(), every, phase))
 	defer tick.Stop()
 	for {
 		t.drain()
@@ -86,6 +89,7 @@ func (l *Monitor) tail(ctx context.Context, ctr *source.Container, b *logBatcher
 			return nil
 		case <-wake:
 		case <-tick.C:
+			tick.Reset(source.UntilTick(time.Now(), every, phase))
 		}
 	}
 }

@@ -207,19 +207,25 @@ func (r *Monitor) Monitor(ctx context.Context, ctr *source.Container, emit sourc
 		c, err := r.cgroups.Locate(ctr.InitPID, ctr.ID)
 		if err != nil {
 			log.Debug("container cgroup not readable: resource samples through the engine API", "err", err)
+		} else {
+			defer c.Close()
 		}
 		cg = c
 	}
-	src := sourceEngineAPI
+	// Engine API samples are spread over the interval (the engine answers
+	// them in its collection rounds); cgroup samples of every container are
+	// taken at the same instants, so that 200 idle containers wake the
+	// collector once per interval rather than 200 times.
+	src, phase := sourceEngineAPI, poll.Phase(ctr.ID, r.cfg.Interval)
 	if cg != nil {
-		src = sourceCgroup
+		src, phase = sourceCgroup, source.UntilTick(time.Now(), r.cfg.Interval, source.HostPhase(r.host, r.cfg.Interval))
 	}
 	var prev *container.StatsResponse
 	lastCPU := 0.0
 	var published *event.Resource // the last sample published
 	var publishedAt time.Time
 	loop := poll.Loop{
-		What: "container stats (" + src + ")", Interval: r.cfg.Interval, Phase: poll.Phase(ctr.ID, r.cfg.Interval),
+		What: "container stats (" + src + ")", Interval: r.cfg.Interval, Phase: phase,
 		Log: log, Failures: r.errors,
 		Next: func() time.Duration { return r.cfg.next(lastCPU) },
 	}

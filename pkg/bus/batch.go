@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
@@ -148,32 +147,19 @@ func (b *BatchConsumer) pull(ctx context.Context, c *Consumer, out chan<- pulled
 		return // ctx ended before NATS answered
 	}
 	c.log.Info("consuming", "stream", c.cfg.Stream, "filter", c.cfg.FilterSubjects)
-	delay := 100 * time.Millisecond
+	delay := firstPullRetry
 	for ctx.Err() == nil {
 		mb, err := cons.Fetch(b.cfg.BatchSize, jetstream.FetchMaxBytes(b.cfg.MaxBytes), jetstream.FetchMaxWait(b.cfg.FlushInterval))
 		var msgs []jetstream.Msg
-		if err == nil {
-			for m := range mb.Messages() {
-				c.held.add(m) // until settled, however long it is queued
-				msgs = append(msgs, m)
-			}
-			err = mb.Error()
-		}
+		err = c.take(mb, err, func(m jetstream.Msg) { msgs = append(msgs, m) }) // held until settled, however long it is queued
 		if len(msgs) > 0 {
 			out <- pulled{c: c, msgs: msgs} // workers run until out is closed
 		}
-		if err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) {
-			if ctx.Err() == nil {
-				c.log.Debug("fetching, will retry", "err", err)
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(delay):
-			}
-			delay = min(2*delay, 2*time.Second)
+		if err != nil && !fetchEnded(err) {
+			delay = c.pullFailed(ctx, err, delay)
 			continue
 		}
-		delay = 100 * time.Millisecond
+		delay = firstPullRetry
 	}
 }
 

@@ -258,7 +258,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 // missed beats and made again to the new leader.
 func (c *Consumer) fetch(ctx context.Context, cons jetstream.Consumer, queue chan<- jetstream.Msg, buf int) {
 	defer close(queue)
-	delay := 100 * time.Millisecond
+	delay := firstPullRetry
 	for ctx.Err() == nil {
 		// Like nats.go's pull iterator, pull again once half the buffer
 		// is free: a backlog then goes in pulls of at least half a
@@ -273,27 +273,49 @@ func (c *Consumer) fetch(ctx context.Context, cons jetstream.Consumer, queue cha
 		}
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		mb, err := cons.Fetch(n, jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(time.Second))
-		if err == nil {
-			for m := range mb.Messages() {
-				c.held.add(m)
-				queue <- m // room for it: queue holds only held messages
-			}
-			err = mb.Error()
-		}
+		err = c.take(mb, err, func(m jetstream.Msg) {
+			queue <- m // room for it: queue holds only held messages
+		})
 		cancel()
 		if err != nil && !fetchEnded(err) {
-			if ctx.Err() == nil {
-				c.log.Debug("fetching, will retry", "err", err)
-			}
-			select {
-			case <-ctx.Done():
-			case <-time.After(delay):
-			}
-			delay = min(2*delay, 2*time.Second)
+			delay = c.pullFailed(ctx, err, delay)
 			continue
 		}
-		delay = 100 * time.Millisecond
+		delay = firstPullRetry
 	}
+}
+
+// firstPullRetry is the pause after a pull that failed; it doubles with
+// each failure that follows, up to maxPullRetry.
+const (
+	firstPullRetry = 100 * time.Millisecond
+	maxPullRetry   = 2 * time.Second
+)
+
+// take holds every message of a pull (until it is settled) and passes it
+// to each; it returns what ended the pull.
+func (c *Consumer) take(mb jetstream.MessageBatch, err error, each func(jetstream.Msg)) error {
+	if err != nil {
+		return err
+	}
+	for m := range mb.Messages() {
+		c.held.add(m)
+		each(m)
+	}
+	return mb.Error()
+}
+
+// pullFailed waits delay after a pull failed (not just ended), and returns
+// the pause after the next failure.
+func (c *Consumer) pullFailed(ctx context.Context, err error, delay time.Duration) time.Duration {
+	if ctx.Err() == nil {
+		c.log.Debug("fetching, will retry", "err", err)
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(delay):
+	}
+	return min(2*delay, maxPullRetry)
 }
 
 // fetchEnded reports whether a fetch's error only says that the pull ended

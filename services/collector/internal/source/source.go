@@ -3,7 +3,6 @@ package source
 import (
 	"context"
 	"fmt"
-	"hash/fnv"
 	"io/fs"
 	"path"
 	"time"
@@ -64,7 +63,7 @@ const (
 // per period for all of them instead of once per container: each wake-up of
 // an idle Go process costs a thread wake-up, the scheduler's spinning and its
 // system monitor's polling (measured at 200 idle containers in
-// docs/PERFORMANCE.md). offset (HostPhase) spreads the hosts of one NATS
+// docs/PERFORMANCE.md). offset (poll.Phase of the host name) spreads the hosts of one NATS
 // cluster over the period, so that their collectors do not publish at the
 // same instants.
 func UntilTick(now time.Time, every, offset time.Duration) time.Duration {
@@ -76,17 +75,6 @@ func UntilTick(now time.Time, every, offset time.Duration) time.Duration {
 		r += int64(every)
 	}
 	return every - time.Duration(r)
-}
-
-// HostPhase is host's offset of UntilTick's ticks: the same on every start
-// of its collector, spread over every across hosts.
-func HostPhase(host string, every time.Duration) time.Duration {
-	if every <= 0 {
-		return 0
-	}
-	h := fnv.New64a()
-	h.Write([]byte(host))
-	return time.Duration(h.Sum64() % uint64(every))
 }
 
 // ProcessName is ECS process.name from argv[0]: its base name. BusyBox

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/whalewatch/whalewatch/pkg/poll"
 )
 
 func TestUntilTick(t *testing.T) {
@@ -42,19 +44,19 @@ func TestUntilTickAlignsContainersAndSpreadsHosts(t *testing.T) {
 	const every = 30 * time.Second
 	base := time.Unix(1_700_000_010, 0)
 	next := func(host string, start time.Time) time.Time {
-		return start.Add(UntilTick(start, every, HostPhase(host, every)))
+		return start.Add(UntilTick(start, every, poll.Phase(host, every)))
 	}
 	a, b := base.Add(3*time.Second+17*time.Millisecond), base.Add(21*time.Second+5*time.Microsecond)
 	require.Zero(t, next("host-a", b).Sub(next("host-a", a))%every, "one grid for every container of a host")
 	require.NotZero(t, next("host-b", a).Sub(next("host-a", a))%every, "another host's grid")
-	require.Equal(t, HostPhase("host-a", every), HostPhase("host-a", every), "the same on every start")
+	require.Equal(t, poll.Phase("host-a", every), poll.Phase("host-a", every), "the same on every start")
 	phases := map[time.Duration]bool{}
 	for _, h := range []string{"host-a", "host-b", "host-c", "host-d"} {
-		p := HostPhase(h, every)
+		p := poll.Phase(h, every)
 		require.GreaterOrEqual(t, p, time.Duration(0))
 		require.Less(t, p, every)
 		phases[p] = true
 	}
 	require.Len(t, phases, 4, "hosts spread over the period")
-	require.Zero(t, HostPhase("host-a", 0))
+	require.Zero(t, poll.Phase("host-a", 0))
 }

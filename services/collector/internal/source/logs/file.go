@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/whalewatch/whalewatch/pkg/event"
+	"github.com/whalewatch/whalewatch/pkg/poll"
 	"github.com/whalewatch/whalewatch/services/collector/internal/source"
 )
 
@@ -78,7 +79,7 @@ func (l *Monitor) tail(ctx context.Context, ctr *source.Container, b *logBatcher
 	}
 	// Every reader looks at the same instants (source.UntilTick): one
 	// wake-up of the collector per period for all idle containers.
-	phase := source.HostPhase(l.host, every)
+	phase := poll.Phase(l.host, every)
 	tick := time.NewTimer(source.UntilTick(time.Now(), every, phase))
 	defer tick.Stop()
 	for {

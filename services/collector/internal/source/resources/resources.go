@@ -218,7 +218,7 @@ func (r *Monitor) Monitor(ctx context.Context, ctr *source.Container, emit sourc
 	// collector once per interval rather than 200 times.
 	src, phase := sourceEngineAPI, poll.Phase(ctr.ID, r.cfg.Interval)
 	if cg != nil {
-		src, phase = sourceCgroup, source.UntilTick(time.Now(), r.cfg.Interval, source.HostPhase(r.host, r.cfg.Interval))
+		src, phase = sourceCgroup, source.UntilTick(time.Now(), r.cfg.Interval, poll.Phase(r.host, r.cfg.Interval))
 	}
 	var prev *container.StatsResponse
 	lastCPU := 0.0

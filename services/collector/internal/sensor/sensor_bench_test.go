@@ -172,7 +172,7 @@ func TestSensorLoadBenchmark(t *testing.T) {
 	// Execs come from execgen (C, vfork) where gcc can build it: the Go
 	// generator's own CPU per exec kept it under 2,000 a second on 2 cores.
 	execCmd := "loadgen exec %d %d %d"
-	if gen, err := execgen(); err != nil {
+	if gen, err := execgen(t); err != nil {
 		t.Logf("exec generator: Go loadgen (%v)", err)
 	} else {
 		dockertest.Docker(t, "cp", gen, id+":/bin/execgen")
@@ -290,14 +290,11 @@ func attemptClass(e *event.Event) string {
 	return ""
 }
 
-// execgen builds testdata/execgen statically with gcc, for a FROM-scratch
-// container; an error when gcc or a static libc is missing.
-func execgen() (string, error) {
-	dir, err := os.MkdirTemp("", "whalewatch-execgen-")
-	if err != nil {
-		return "", err
-	}
-	path := filepath.Join(dir, "execgen")
+// execgen builds testdata/execgen statically with gcc into the test's
+// temporary directory, for a FROM-scratch container; an error when gcc or a
+// static libc is missing.
+func execgen(tb testing.TB) (string, error) {
+	path := filepath.Join(tb.TempDir(), "execgen")
 	if out, err := exec.Command("gcc", "-O2", "-static", "-o", path, "testdata/execgen/execgen.c").CombinedOutput(); err != nil {
 		return "", fmt.Errorf("gcc -static: %w: %s", err, out)
 	}
